@@ -1,0 +1,31 @@
+//! rawrxd: a transparent hot-patching reverse proxy for local LLM servers.
+//!
+//! The binary (`src/main.rs`) only parses the command line, sets up tracing and calls into
+//! this library. The proxy's data path, in the order a request travels it:
+//!
+//! * [`server`] accepts connections (capped), serves HTTP/1.1 and h2c, drains on shutdown;
+//! * [`route`] decides between rawrxd's own endpoints ([`admin`]) and forwarding;
+//! * [`upstream`] rewrites the request for the upstream and sends it over a pooled client;
+//! * [`body`] wraps both bodies: the request body is size-limited, the response body is
+//!   streamed through frame by frame and closed with an in-band error if the upstream dies;
+//! * [`wire`] knows the client protocols (Ollama NDJSON, OpenAI SSE) and their error shapes;
+//! * [`error`] maps every request-path failure to one HTTP status.
+//!
+//! [`config`] and [`cli`] turn defaults, `rawrxd.toml`, `RAWRXD_*` and flags into one
+//! validated [`config::ProxyConfig`].
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod route;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+pub mod wire;
+
+pub use server::run;
+pub use state::ProxyState;

@@ -1,0 +1,46 @@
+//! The `rawrxd` binary: parses the command line, sets up tracing, loads the configuration and
+//! hands over to the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use rawrxd::cli::{Cli, Command, ProxyArgs};
+use rawrxd::{config, server, shutdown, telemetry, ProxyState};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let result = match cli.command {
+        Command::Proxy(args) => proxy(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let raw = config::load(args.config.as_deref(), &args.overrides())?;
+    let config = raw.proxy.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let state = Arc::new(ProxyState::new(config));
+        let finished = server::run(listener, state, shutdown::signal()).await;
+        if !finished.drained {
+            tracing::warn!("exiting with requests still in flight");
+        }
+        Ok(())
+    })
+}
