@@ -1,0 +1,234 @@
+//! The real `rawrxd` binary: started as a user would, address read from its log line,
+//! stopped with SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rawrxd");
+
+/// A running `rawrxd proxy` and the lines it logs.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_proxy(args: &[&str]) -> Running {
+    let dir = tempdir();
+    let mut child = Command::new(BIN)
+        .arg("proxy")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(&dir)
+        .env("RUST_LOG", "info")
+        .env_remove("RAWRXD_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, logs) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the proxy never logged its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    Running { child, addr, logs }
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rawrxd-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn binary_streams_logs_each_request_and_drains_on_sigterm() {
+    let lines: Vec<String> = (0..4).map(token_line).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(150))).await;
+    let mut proxy = spawn_proxy(&["--upstream", &upstream.url()]);
+    let addr = proxy.addr;
+
+    let direct = send(
+        upstream.addr,
+        request("POST", upstream.addr, "/api/generate", b"{}"),
+    )
+    .await;
+    let stream =
+        tokio::spawn(
+            async move { send(addr, request("POST", addr, "/api/generate", b"{}")).await },
+        );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sigterm(&proxy.child);
+    let seen = stream.await.unwrap();
+    assert_eq!(seen.error, None);
+    assert_eq!(
+        seen.body(),
+        direct.body(),
+        "in-flight stream cut by SIGTERM"
+    );
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = proxy.child.wait().unwrap();
+        let logs: Vec<String> = proxy.logs.try_iter().collect();
+        (status, logs)
+    });
+    let (status, logs) = status.await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let access = logs
+        .iter()
+        .find(|l| l.contains("rawrxd::access"))
+        .unwrap_or_else(|| panic!("no access log line in {logs:#?}"));
+    for field in [
+        "method=POST",
+        "path=/api/generate",
+        "status=200",
+        "upstream_ms=",
+        "overhead_ms=",
+    ] {
+        assert!(access.contains(field), "{field} missing from {access}");
+    }
+}
+
+#[tokio::test]
+async fn binary_health_answers() {
+    let upstream = Upstream::start(Script::status(200, "text/plain", b"Ollama is running")).await;
+    let proxy = spawn_proxy(&["--upstream", &upstream.url()]);
+    let seen = send(
+        proxy.addr,
+        request("GET", proxy.addr, "/rawrxd/health", b""),
+    )
+    .await;
+    assert_eq!(seen.status, 200);
+    assert_eq!(seen.json()["upstream"]["reachable"], true);
+}
+
+#[test]
+fn help_explains_every_option() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("proxy"), "{text}");
+    let out = Command::new(BIN)
+        .args(["proxy", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--upstream",
+        "--rules",
+        "--db",
+        "--log-dir",
+        "--config",
+    ] {
+        assert!(text.contains(flag), "{flag} missing:\n{text}");
+    }
+}
+
+#[test]
+fn unknown_config_key_is_named_and_fatal() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.join("rawrxd.toml"),
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstrem = \"x\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("proxy")
+        .current_dir(&dir)
+        .env_remove("RAWRXD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("upstrem"), "{text}");
+}
+
+#[test]
+fn invalid_values_are_all_reported_at_once() {
+    let out = Command::new(BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "0.0.0.0:1",
+            "--upstream",
+            "ftp://x",
+            "--max-body",
+            "big",
+        ])
+        .current_dir(tempdir())
+        .env_remove("RAWRXD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "proxy.listen",
+        "proxy.upstream",
+        "proxy.max_body",
+        "admin_token",
+    ] {
+        assert!(text.contains(key), "{key} missing from {text}");
+    }
+}
+
+#[test]
+fn address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["proxy", "--listen", &addr])
+        .current_dir(tempdir())
+        .env_remove("RAWRXD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
+}

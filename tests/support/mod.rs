@@ -1,0 +1,488 @@
+//! Test harness: a scripted upstream that misbehaves on purpose, a proxy started in-process on
+//! port 0, and clients that record when each body frame arrives.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use rawrxd::config::RawProxy;
+use rawrxd::server::Finished;
+use rawrxd::ProxyState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// One thing the scripted upstream does after reading a request.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Write(Vec<u8>),
+    Sleep(Duration),
+    /// Close the connection at once (mid-response if the response was not finished).
+    Close,
+}
+
+/// What the upstream answers to every request.
+#[derive(Clone, Debug, Default)]
+pub struct Script {
+    pub steps: Vec<Step>,
+}
+
+impl Script {
+    pub fn write(mut self, bytes: impl AsRef<[u8]>) -> Self {
+        self.steps.push(Step::Write(bytes.as_ref().to_vec()));
+        self
+    }
+
+    pub fn sleep(mut self, duration: Duration) -> Self {
+        self.steps.push(Step::Sleep(duration));
+        self
+    }
+
+    pub fn close(mut self) -> Self {
+        self.steps.push(Step::Close);
+        self
+    }
+
+    pub fn chunk(self, bytes: impl AsRef<[u8]>) -> Self {
+        let bytes = bytes.as_ref();
+        let mut framed = format!("{:x}\r\n", bytes.len()).into_bytes();
+        framed.extend_from_slice(bytes);
+        framed.extend_from_slice(b"\r\n");
+        self.write(framed)
+    }
+
+    fn chunked_head(content_type: &str) -> Self {
+        Script::default().write(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ))
+    }
+
+    /// An Ollama-style NDJSON stream, one line per chunk, `delay` before each line.
+    pub fn ndjson(lines: &[&str], delay: Duration) -> Self {
+        let mut script = Self::chunked_head("application/x-ndjson");
+        for line in lines {
+            script = script.sleep(delay).chunk(format!("{line}\n"));
+        }
+        script.write("0\r\n\r\n")
+    }
+
+    /// An OpenAI-style SSE stream, one event per chunk, `delay` before each, then `[DONE]`.
+    pub fn sse(events: &[&str], delay: Duration) -> Self {
+        let mut script = Self::chunked_head("text/event-stream");
+        for event in events {
+            script = script.sleep(delay).chunk(format!("data: {event}\n\n"));
+        }
+        script.chunk("data: [DONE]\n\n").write("0\r\n\r\n")
+    }
+
+    /// A stream that dies: the given whole lines, then half a line, then the socket closes.
+    pub fn dies_mid_stream(content_type: &str, whole: &[&str], partial: &str) -> Self {
+        let mut script = Self::chunked_head(content_type);
+        for piece in whole {
+            script = script.chunk(piece);
+        }
+        script
+            .chunk(partial)
+            .sleep(Duration::from_millis(50))
+            .close()
+    }
+
+    /// Nothing for `delay`, then a small JSON answer.
+    pub fn stall(delay: Duration) -> Self {
+        Script::default()
+            .sleep(delay)
+            .write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    }
+
+    /// A complete response with a `Content-Length` body.
+    pub fn status(code: u16, content_type: &str, body: &[u8]) -> Self {
+        Script::default()
+            .write(format!(
+                "HTTP/1.1 {code} Whatever\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ))
+            .write(body)
+    }
+
+    /// `size` bytes of a repeating pattern, `Content-Length`-framed, written in 64 KiB pieces.
+    pub fn huge(size: usize) -> Self {
+        let mut script = Script::default().write(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+        ));
+        let body = pattern(size);
+        for piece in body.chunks(64 * 1024) {
+            script = script.write(piece);
+        }
+        script
+    }
+}
+
+/// Deterministic filler bytes.
+pub fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+/// A request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Request line and header lines, exactly as sent.
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn head_text(&self) -> String {
+        String::from_utf8_lossy(&self.head).into_owned()
+    }
+
+    /// Header values by lower-case name, as raw bytes.
+    pub fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.head
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|&b| b == b':')?;
+                let (key, value) = line.split_at(colon);
+                (String::from_utf8_lossy(key).eq_ignore_ascii_case(name))
+                    .then(|| value[1..].trim_ascii().to_vec())
+            })
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.header_values(name)
+            .first()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub fn request_line(&self) -> String {
+        self.head_text().lines().next().unwrap_or("").to_string()
+    }
+}
+
+/// A scripted upstream on `127.0.0.1:0`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    /// When a client connection went away while a script was still running.
+    pub disconnects: Arc<Mutex<Vec<Instant>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start(script: Script) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let disconnects = Arc::new(Mutex::new(Vec::new()));
+        let (r, d) = (received.clone(), disconnects.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (script, r, d) = (script.clone(), r.clone(), d.clone());
+                tokio::spawn(serve_connection(stream, script, r, d));
+            }
+        });
+        Upstream {
+            addr,
+            received,
+            disconnects,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Received {
+        self.received.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    script: Script,
+    received: Arc<Mutex<Vec<Received>>>,
+    disconnects: Arc<Mutex<Vec<Instant>>>,
+) {
+    let mut buffer = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut stream, &mut buffer).await else {
+            return;
+        };
+        received.lock().unwrap().push(request);
+        let (mut reader, mut writer) = stream.split();
+        let run = async {
+            for step in &script.steps {
+                match step {
+                    Step::Write(bytes) => {
+                        if writer.write_all(bytes).await.is_err() {
+                            return false;
+                        }
+                    }
+                    Step::Sleep(duration) => tokio::time::sleep(*duration).await,
+                    Step::Close => return false,
+                }
+            }
+            true
+        };
+        // Watch the read side while the script runs: EOF means the peer went away.
+        let watch = async {
+            let mut byte = [0u8; 1024];
+            loop {
+                match reader.read(&mut byte).await {
+                    Ok(0) | Err(_) => return Instant::now(),
+                    Ok(n) => buffer.extend_from_slice(&byte[..n]),
+                }
+            }
+        };
+        let keep_going = tokio::select! {
+            finished = run => finished,
+            gone = watch => {
+                disconnects.lock().unwrap().push(gone);
+                false
+            }
+        };
+        if !keep_going {
+            return;
+        }
+    }
+}
+
+/// Reads one request (head plus Content-Length or chunked body).
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Received> {
+    let head_end = loop {
+        if let Some(i) = find(buffer, b"\r\n\r\n") {
+            break i;
+        }
+        read_more(stream, buffer).await?;
+    };
+    let head = buffer[..head_end].to_vec();
+    buffer.drain(..head_end + 4);
+    let request = Received {
+        head,
+        body: Vec::new(),
+    };
+    let length = request
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok());
+    let chunked = request
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"));
+    let mut body = Vec::new();
+    if let Some(length) = length {
+        while buffer.len() < length {
+            read_more(stream, buffer).await?;
+        }
+        body = buffer.drain(..length).collect();
+    } else if chunked {
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(buffer, b"\r\n") {
+                    break i;
+                }
+                read_more(stream, buffer).await?;
+            };
+            let size_text = String::from_utf8_lossy(&buffer[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            buffer.drain(..line_end + 2);
+            while buffer.len() < size + 2 {
+                read_more(stream, buffer).await?;
+            }
+            body.extend(buffer.drain(..size));
+            buffer.drain(..2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Some(Received { body, ..request })
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 64 * 1024];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buffer.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The proxy, in-process, on `127.0.0.1:0`.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub state: Arc<ProxyState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Finished>>,
+}
+
+impl TestProxy {
+    pub async fn start(upstream: &str) -> TestProxy {
+        Self::start_with(upstream, |_| {}).await
+    }
+
+    pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut RawProxy)) -> TestProxy {
+        let mut raw = RawProxy {
+            listen: "127.0.0.1:0".into(),
+            upstream: upstream.into(),
+            ..RawProxy::default()
+        };
+        tweak(&mut raw);
+        let config = raw.validate().unwrap();
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ProxyState::new(config));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(rawrxd::run(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        TestProxy {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn shutdown(&mut self) -> Finished {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+/// A response as a client saw it, with the arrival time of every body frame.
+#[derive(Debug)]
+pub struct Seen {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub sent: Instant,
+    pub head_at: Instant,
+    pub frames: Vec<(Instant, Bytes)>,
+    /// Set when the body ended in an error instead of a clean end.
+    pub error: Option<String>,
+}
+
+impl Seen {
+    pub fn body(&self) -> Vec<u8> {
+        self.frames.iter().flat_map(|(_, b)| b.to_vec()).collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body()).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body()).unwrap()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends `request` over a fresh HTTP/1.1 connection to `addr` and records the answer.
+pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Seen {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let sent = Instant::now();
+    let response = sender.send_request(request).await.unwrap();
+    collect(response, sent).await
+}
+
+/// Records a response's frames with arrival times.
+pub async fn collect(response: Response<hyper::body::Incoming>, sent: Instant) -> Seen {
+    let head_at = Instant::now();
+    let (parts, mut body) = response.into_parts();
+    let mut frames = Vec::new();
+    let mut error = None;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    frames.push((Instant::now(), data));
+                }
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Seen {
+        status: parts.status,
+        headers: parts.headers,
+        sent,
+        head_at,
+        frames,
+        error,
+    }
+}
+
+/// Builds a request with `host` set the way a normal client would.
+pub fn request(method: &str, addr: SocketAddr, path: &str, body: &[u8]) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap()
+}
+
+/// Writes raw bytes to `addr`, optionally half-closes, and reads until EOF or `wait` passes.
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    bytes: &[u8],
+    half_close: bool,
+    wait: Duration,
+) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    if half_close {
+        stream.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    out
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn raw_status(response: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}
+
+/// An NDJSON line like Ollama streams.
+pub fn token_line(i: usize) -> String {
+    format!(
+        r#"{{"model":"m","created_at":"2025-01-01T00:00:00Z","response":"tok{i} ","done":false}}"#
+    )
+}
