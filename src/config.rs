@@ -192,6 +192,14 @@ pub fn load(file: Option<&Path>, overrides: &ProxyOverrides) -> Result<RawConfig
         .map_err(|e| ConfigError::Load(Box::new(e)))
 }
 
+/// Parses the text of a config file on its own (no other layers), as `rawrxd.toml` would be
+/// read; used by `rules check`-style validation and by the fuzz target.
+pub fn from_toml_str(text: &str) -> Result<RawConfig, ConfigError> {
+    Figment::from(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))
+}
+
 /// The upstream's base URL, split into what the request path needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamUrl {

@@ -1,5 +1,7 @@
 //! Hostile and broken clients: every case gets a clear answer, and the proxy keeps serving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The real `rawrxd` binary: started as a user would, address read from its log line,
 //! stopped with SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -2,6 +2,8 @@
 //! and the client must see the same bytes (except the in-band error DESIGN.md prescribes when
 //! the upstream dies mid-stream), frame by frame as they are produced.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! Test harness: a scripted upstream that misbehaves on purpose, a proxy started in-process on
 //! port 0, and clients that record when each body frame arrives.
 #![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
