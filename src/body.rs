@@ -8,6 +8,9 @@
 //!   frame arrives. If the upstream dies mid-stream it ends the stream with one in-band error
 //!   in the client's framing (see [`crate::wire::Framing`]), and when it is dropped (stream
 //!   done, or client gone) it writes the request's access-log line.
+//! * [`PatchBody`] sits on top of [`UpstreamBody`] when rules apply: it runs each frame through
+//!   a [`Rewriter`], sends only what the rules have decided, and ends the response early when a
+//!   block rule fires (dropping the upstream request, so the model stops).
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -19,6 +22,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::patch::Hit;
+use crate::rewrite::Rewriter;
+use crate::rules::Kind;
 use crate::state::RequestRecord;
 use crate::wire::Framing;
 
@@ -183,6 +189,104 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+impl UpstreamBody {
+    /// The response was ended on purpose by a block rule.
+    pub fn mark_blocked(self: Pin<&mut Self>) {
+        self.project().record.blocked();
+    }
+}
+
+pin_project! {
+    /// A streamed response with the rules applied.
+    pub struct PatchBody {
+        #[pin]
+        inner: UpstreamBody,
+        rewriter: Rewriter,
+        done: bool,
+    }
+}
+
+impl PatchBody {
+    pub fn new(inner: UpstreamBody, rewriter: Rewriter) -> Self {
+        PatchBody {
+            inner,
+            rewriter,
+            done: false,
+        }
+    }
+}
+
+impl Body for PatchBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            let out = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.rewriter.feed(&data),
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => {
+                    *this.done = true;
+                    this.rewriter.finish()
+                }
+            };
+            log_hits(this.rewriter.take_hits());
+            if this.rewriter.is_blocked() {
+                // Stop reading: dropping the upstream body cancels the generation.
+                *this.done = true;
+                this.inner.as_mut().mark_blocked();
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Writes each correction to the log (target `rawrxd::correction`). Secrets found by redact
+/// rules are never logged whole.
+pub fn log_hits(hits: Vec<Hit>) {
+    for hit in hits {
+        let detected = if hit.kind == Kind::Redact {
+            mask_secret(&hit.detected)
+        } else {
+            hit.detected
+        };
+        tracing::info!(
+            target: "rawrxd::correction",
+            rule = %hit.rule_id,
+            kind = ?hit.kind,
+            shadow = hit.shadow,
+            detected = %detected,
+            corrected = %hit.corrected,
+        );
+    }
+}
+
+/// The first four characters and a length: enough to find it, not enough to use it.
+pub fn mask_secret(secret: &str) -> String {
+    let head: String = secret.chars().take(4).collect();
+    format!("{head}…({} chars)", secret.chars().count())
 }
 
 fn remember_tail(tail: &mut [u8; 2], tail_len: &mut u8, data: &[u8]) {

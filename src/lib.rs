@@ -9,6 +9,9 @@
 //! * [`body`] wraps both bodies: the request body is size-limited, the response body is
 //!   streamed through frame by frame and closed with an in-band error if the upstream dies;
 //! * [`wire`] knows the client protocols (Ollama NDJSON, OpenAI SSE) and their error shapes;
+//! * [`rewrite`] finds the model's text in NDJSON lines, SSE events and JSON bodies and runs it
+//!   through [`patch`], the leak-free streaming rule pipeline built from [`rules`] and held in
+//!   the [`live`] snapshot;
 //! * [`error`] maps every request-path failure to one HTTP status.
 //!
 //! [`config`] and [`cli`] turn defaults, `rawrxd.toml`, `RAWRXD_*` and flags into one
@@ -19,7 +22,11 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod live;
+pub mod patch;
+pub mod rewrite;
 pub mod route;
+pub mod rules;
 pub mod server;
 pub mod shutdown;
 pub mod state;

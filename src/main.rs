@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use rawrxd::cli::{Cli, Command, ProxyArgs};
+use rawrxd::live::Live;
 use rawrxd::{config, server, shutdown, telemetry, ProxyState};
 
 fn main() -> ExitCode {
@@ -28,6 +29,19 @@ fn main() -> ExitCode {
 fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let raw = config::load(args.config.as_deref(), &args.overrides())?;
     let config = raw.proxy.validate()?;
+    let live = Live::load_dir(&config.rules_dir).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+        anyhow::anyhow!(
+            "invalid rules in {}:\n{}",
+            config.rules_dir.display(),
+            lines.join("\n")
+        )
+    })?;
+    tracing::info!(
+        "{} rule(s) loaded from {}",
+        live.pipeline.table().rules.len(),
+        config.rules_dir.display()
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,7 +50,7 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let state = Arc::new(ProxyState::new(config));
+        let state = Arc::new(ProxyState::with_rules(config, live));
         let finished = server::run(listener, state, shutdown::signal()).await;
         if !finished.drained {
             tracing::warn!("exiting with requests still in flight");

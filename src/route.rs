@@ -5,13 +5,18 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::admin;
-use crate::body::{BodyFault, LimitedBody, ProxyBody, UpstreamBody};
+use crate::body::{log_hits, BodyFault, LimitedBody, PatchBody, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
+use crate::patch::Compiled;
+use crate::rewrite::{rewrite_json, Format, Rewriter};
+use crate::rules::Endpoint;
 use crate::state::{ProxyState, RequestRecord};
 use crate::upstream::{strip_hop_by_hop, SendError};
 use crate::wire::{Flavor, Framing};
@@ -32,13 +37,10 @@ pub async fn handle(
         (admin::handle(&state, request).await, Duration::ZERO)
     } else {
         match forward(&state, request).await {
-            Ok((response, waited)) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                let framing = Framing::of_headers(&parts.headers);
-                record.responded(parts.status, waited);
-                let body = UpstreamBody::new(body, framing, record).boxed_unsync();
-                return Ok(Response::from_parts(parts, body));
+            Ok(upstreamed) => {
+                return Ok(respond(upstreamed, record)
+                    .await
+                    .unwrap_or_else(|error| error.into_response(flavor)))
             }
             Err((error, waited)) => (Err(error), waited),
         }
@@ -49,14 +51,23 @@ pub async fn handle(
     Ok(response)
 }
 
+/// The upstream's response head, and what to do with its body.
+struct Upstreamed {
+    response: Response<Incoming>,
+    waited: Duration,
+    /// The rules to apply, when any apply to this request.
+    patch: Option<(Arc<Compiled>, Endpoint)>,
+}
+
 /// A failure and how long the upstream had been waited on when it happened.
 type Failure = (ProxyError, Duration);
 
+/// Largest non-streamed JSON response the proxy will buffer to patch; larger ones pass
+/// through unpatched.
+const MAX_PATCHED_JSON: usize = 64 << 20;
+
 /// Sends the request upstream; returns the response head and the time spent waiting for it.
-async fn forward(
-    state: &ProxyState,
-    request: Request<Incoming>,
-) -> Result<(Response<Incoming>, Duration), Failure> {
+async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstreamed, Failure> {
     let limit = state.config.max_body;
     let (mut parts, body) = request.into_parts();
     if let Some(declared) = declared_length(&parts.headers) {
@@ -70,7 +81,37 @@ async fn forward(
         .map_err(|e| (e, Duration::ZERO))?;
     state.upstream.prepare_headers(&mut parts.headers);
     let (body, fault) = LimitedBody::new(body, limit);
-    let mut upstream_request = Request::new(body.boxed_unsync());
+    // The rules to apply depend on the model named in the request body: read it whole (the
+    // bytes are forwarded unchanged). Requests no rule can touch stream straight through.
+    let live = state.live.load_full();
+    let endpoint = (parts.method == Method::POST)
+        .then(|| Endpoint::of_path(parts.uri.path()))
+        .flatten()
+        .filter(|_| !live.pipeline.is_empty());
+    let (body, patch) = match endpoint {
+        Some(endpoint) => {
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    let error = match fault.get() {
+                        Some(BodyFault::TooLarge) => ProxyError::BodyTooLarge { limit },
+                        _ => ProxyError::BodyIncomplete,
+                    };
+                    return Err((error, Duration::ZERO));
+                }
+            };
+            let patch = live
+                .pipeline
+                .select(&model_of(&bytes), Some(endpoint))
+                .map(|compiled| (compiled, endpoint));
+            let body = Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            (body, patch)
+        }
+        None => (body.boxed_unsync(), None),
+    };
+    let mut upstream_request = Request::new(body);
     *upstream_request.method_mut() = parts.method;
     *upstream_request.uri_mut() = uri;
     *upstream_request.headers_mut() = parts.headers;
@@ -80,7 +121,13 @@ async fn forward(
     let waited = sent.elapsed();
     let upstream = || state.upstream.url().to_string();
     let error = match result {
-        Ok(response) => return Ok((response, waited)),
+        Ok(response) => {
+            return Ok(Upstreamed {
+                response,
+                waited,
+                patch,
+            })
+        }
         // A failing client body surfaces as an upstream error; report the client's fault.
         Err(_) if fault.get() == Some(&BodyFault::TooLarge) => ProxyError::BodyTooLarge { limit },
         Err(_) if fault.get() == Some(&BodyFault::Incomplete) => ProxyError::BodyIncomplete,
@@ -98,6 +145,85 @@ async fn forward(
         },
     };
     Err((error, waited))
+}
+
+/// Builds the client's response: the upstream's, streamed, with the rules applied when any do.
+async fn respond(
+    upstreamed: Upstreamed,
+    mut record: RequestRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Upstreamed {
+        response,
+        waited,
+        patch,
+    } = upstreamed;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let framing = Framing::of_headers(&parts.headers);
+    record.responded(parts.status, waited);
+    let body = UpstreamBody::new(body, framing, record);
+    let patch = patch.filter(|_| {
+        parts.status.is_success() && !parts.headers.contains_key(header::CONTENT_ENCODING)
+    });
+    let Some((compiled, endpoint)) = patch else {
+        return Ok(Response::from_parts(parts, body.boxed_unsync()));
+    };
+    let format = match framing {
+        Framing::Ndjson => Format::Ndjson,
+        Framing::Sse => Format::Sse,
+        Framing::Opaque if is_json(&parts.headers) => {
+            // Not streamed: patch the whole body and fix its length.
+            let bytes = Limited::new(body, MAX_PATCHED_JSON)
+                .collect()
+                .await
+                .map_err(|error| ProxyError::UpstreamFailed {
+                    upstream: "upstream".into(),
+                    reason: error.to_string(),
+                })?
+                .to_bytes();
+            let bytes = match rewrite_json(&compiled, endpoint, &bytes) {
+                Some((patched, hits)) => {
+                    log_hits(hits);
+                    Bytes::from(patched)
+                }
+                None => bytes,
+            };
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            let body = Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            return Ok(Response::from_parts(parts, body));
+        }
+        Framing::Opaque => return Ok(Response::from_parts(parts, body.boxed_unsync())),
+    };
+    // The length changes with the text; the stream is re-framed as chunked.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let rewriter = Rewriter::new(compiled, endpoint, format);
+    Ok(Response::from_parts(
+        parts,
+        PatchBody::new(body, rewriter).boxed_unsync(),
+    ))
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+/// The `model` named in a request body (empty when there is none).
+fn model_of(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct ModelField {
+        #[serde(default)]
+        model: String,
+    }
+    serde_json::from_slice::<ModelField>(body)
+        .map(|m| m.model)
+        .unwrap_or_default()
 }
 
 /// The request's `Content-Length`, when present and valid (hyper has already rejected

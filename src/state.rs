@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{Method, StatusCode};
 use tokio::sync::Semaphore;
 
 use crate::config::ProxyConfig;
+use crate::live::Live;
 use crate::upstream::Upstream;
 
 /// Everything a request handler needs; one per running proxy, behind an `Arc`.
@@ -19,10 +21,17 @@ pub struct ProxyState {
     pub started: Instant,
     /// One permit per open client connection (see [`crate::server`]).
     pub connection_slots: Arc<Semaphore>,
+    /// The rules in force; see [`crate::live`].
+    pub live: ArcSwap<Live>,
 }
 
 impl ProxyState {
+    /// A proxy without rules.
     pub fn new(config: ProxyConfig) -> Self {
+        Self::with_rules(config, Live::empty())
+    }
+
+    pub fn with_rules(config: ProxyConfig, live: Live) -> Self {
         let upstream = Upstream::new(&config);
         let connection_slots = Arc::new(Semaphore::new(config.max_connections));
         ProxyState {
@@ -31,6 +40,7 @@ impl ProxyState {
             stats: Arc::new(Stats::default()),
             started: Instant::now(),
             connection_slots,
+            live: ArcSwap::from_pointee(live),
         }
     }
 
@@ -56,6 +66,8 @@ enum Outcome {
     Streaming,
     Complete,
     UpstreamFailed,
+    /// Ended early by a block rule.
+    Blocked,
 }
 
 /// One request's life, written as one access-log line when it ends (dropped).
@@ -106,6 +118,10 @@ impl RequestRecord {
         self.outcome = Outcome::Complete;
     }
 
+    pub fn blocked(&mut self) {
+        self.outcome = Outcome::Blocked;
+    }
+
     pub fn upstream_failed(&mut self, message: &str) {
         self.outcome = Outcome::UpstreamFailed;
         self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +144,7 @@ impl RequestRecord {
             Outcome::Streaming => "client_gone",
             Outcome::Complete => "complete",
             Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Blocked => "blocked",
         };
         let millis = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1e3);
         tracing::info!(

@@ -234,3 +234,62 @@ fn address_in_use_is_a_clear_error() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
 }
+
+#[tokio::test]
+async fn binary_applies_rule_files_across_chunk_boundaries() {
+    let rules = tempdir();
+    std::fs::write(
+        rules.join("secrets.toml"),
+        "[[rule]]\nid = \"no-confidential\"\nkind = \"replace\"\nfind = \"confidential\"\nreplace = \"[redacted]\"\n",
+    )
+    .unwrap();
+    let line = |t: &str, done: bool| {
+        format!(
+            r#"{{"model":"m","response":{},"done":{done}}}"#,
+            serde_json::to_string(t).unwrap()
+        )
+    };
+    let lines = [line("confid", false), line("ential", false), line("", true)];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(100))).await;
+    let proxy = spawn_proxy(&[
+        "--upstream",
+        &upstream.url(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    let seen = send(
+        proxy.addr,
+        request("POST", proxy.addr, "/api/generate", br#"{"model":"m"}"#),
+    )
+    .await;
+    assert_eq!(seen.status, 200);
+    let mut so_far = String::new();
+    for (_, frame) in &seen.frames {
+        so_far.push_str(&String::from_utf8_lossy(frame));
+        assert!(!so_far.contains("confid"), "leaked: {so_far}");
+    }
+    assert!(so_far.contains(r#""response":"[redacted]""#), "{so_far}");
+}
+
+#[test]
+fn invalid_rule_files_stop_the_start_with_every_error() {
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/bad.toml"),
+        "[[rule]]\nid = \"a\"\nkind = \"regex\"\npattern = \"(\"\nreplace = \"x\"\n\n[[rule]]\nid = \"b\"\nkind = \"nonsense\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .env_remove("RAWRXD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("bad.toml"), "{text}");
+    assert!(text.contains("\"a\""), "{text}");
+    assert!(text.contains("nonsense"), "{text}");
+}

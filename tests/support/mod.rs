@@ -340,7 +340,31 @@ impl TestProxy {
         Self::start_with(upstream, |_| {}).await
     }
 
+    /// A proxy with the rules of `rules_toml` (one rule file) in force.
+    pub async fn with_rules(upstream: &str, rules_toml: &str) -> TestProxy {
+        let dir = std::env::temp_dir().join(format!(
+            "rawrxd-rules-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("test.toml"), rules_toml).unwrap();
+        let live = rawrxd::live::Live::load_dir(&dir).unwrap();
+        Self::launch(upstream, |_| {}, live).await
+    }
+
     pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut RawProxy)) -> TestProxy {
+        Self::launch(upstream, tweak, rawrxd::live::Live::empty()).await
+    }
+
+    async fn launch(
+        upstream: &str,
+        tweak: impl FnOnce(&mut RawProxy),
+        live: rawrxd::live::Live,
+    ) -> TestProxy {
         let mut raw = RawProxy {
             listen: "127.0.0.1:0".into(),
             upstream: upstream.into(),
@@ -350,7 +374,7 @@ impl TestProxy {
         let config = raw.validate().unwrap();
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(ProxyState::new(config));
+        let state = Arc::new(ProxyState::with_rules(config, live));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(rawrxd::run(listener, state.clone(), async {
             let _ = stopped.await;

@@ -1,0 +1,387 @@
+//! Matchers: find the next match in a text, and tell whether a match starting at a given
+//! position could still appear or change if more text were appended (the question streaming
+//! needs answered to release text early).
+//!
+//! Semantics, shared by the one-shot and the streaming path:
+//! * [`RegexMatcher`]: leftmost start; at that start the leftmost-first match (the `regex`
+//!   crate's semantics) among those no longer than the matcher's window `W` bytes. For patterns
+//!   whose matches are all at most `W` long (every built-in detector, every bounded pattern),
+//!   this is exactly `regex::Regex::find_iter`.
+//! * [`LiteralMatcher`]: aho-corasick leftmost-longest; a `whole_word` literal only counts when
+//!   neither neighbour is a word character, otherwise the search goes on from the next char.
+//!
+//! Liveness comes from automata: an anchored lazy DFA (regex) or anchored aho-corasick DFA
+//! (literals) is run from the position to the end of the text; if it reaches its dead state,
+//! nothing appended later can make or change a match there. When the automaton cannot say
+//! (a Unicode word boundary meeting non-ASCII text), a position stays undecided until its whole
+//! window (plus one byte of look-ahead) is visible, which is always exact.
+
+use std::sync::Arc;
+
+use aho_corasick::automaton::Automaton;
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Anchored as AcAnchored, MatchKind, StartKind};
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::util::start;
+use regex_automata::{meta, Anchored, Input};
+
+/// A match: `text[start..end]` is to be rewritten by the rule with index `rule` (an index into
+/// the pipeline's rule table); `pattern` is the matcher's own index of what matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub start: usize,
+    pub end: usize,
+    pub rule: usize,
+    pub pattern: usize,
+}
+
+/// Per-stream mutable scratch space of a matcher (the lazy DFA's cache).
+pub enum Scratch {
+    None,
+    Lazy(Box<Cache>),
+}
+
+pub trait Matcher: Send + Sync {
+    /// The leftmost match starting at or after `from`; `text[..from]` is context for
+    /// look-behind assertions only.
+    fn find(&self, text: &str, from: usize) -> Option<Found>;
+
+    /// Could appending text create or change a match starting at `at`?
+    fn live_at(&self, scratch: &mut Scratch, text: &str, at: usize) -> bool;
+
+    fn scratch(&self) -> Scratch;
+
+    /// Appends what `found` is replaced with.
+    fn rewrite(&self, text: &str, found: &Found, out: &mut String);
+}
+
+/// One regular expression (a `regex`, `redact` or pattern `block` rule).
+pub struct RegexMatcher {
+    regex: meta::Regex,
+    /// `$1`-style template (regex rules) or fixed text (masks, block messages).
+    rewrite: Rewrite,
+    dfa: Option<Arc<DFA>>,
+    window: usize,
+    rule: usize,
+}
+
+/// Why a pattern could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(pub String);
+
+impl RegexMatcher {
+    /// `max_len` bounds a match (bytes); the effective window is the smaller of it and the
+    /// pattern's own longest match, when that is bounded.
+    pub fn new(
+        pattern: &str,
+        max_len: usize,
+        rule: usize,
+        rewrite: Rewrite,
+    ) -> Result<Self, CompileError> {
+        let regex = meta::Regex::new(pattern).map_err(|e| CompileError(e.to_string()))?;
+        let hir = regex_syntax::parse(pattern).map_err(|e| CompileError(e.to_string()))?;
+        let window = hir
+            .properties()
+            .maximum_len()
+            .map_or(max_len, |longest| longest.min(max_len))
+            .max(1);
+        let dfa = DFA::builder()
+            .configure(
+                DFA::config()
+                    .match_kind(regex_automata::MatchKind::LeftmostFirst)
+                    .unicode_word_boundary(true)
+                    .cache_capacity(2 << 20)
+                    .minimum_cache_clear_count(Some(8)),
+            )
+            .build(pattern)
+            .ok()
+            .map(Arc::new);
+        Ok(RegexMatcher {
+            regex,
+            rewrite,
+            dfa,
+            window,
+            rule,
+        })
+    }
+
+    /// The longest match this matcher can produce, in bytes.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+}
+
+impl Matcher for RegexMatcher {
+    fn find(&self, text: &str, mut from: usize) -> Option<Found> {
+        while from <= text.len() {
+            let found = self.regex.search(&Input::new(text).range(from..))?;
+            if found.len() <= self.window {
+                return Some(Found {
+                    start: found.start(),
+                    end: found.end(),
+                    rule: self.rule,
+                    pattern: 0,
+                });
+            }
+            // Longer than the window: the leftmost-first match inside the window, if any.
+            let start = found.start();
+            let limit = floor_char_boundary(text, (start + self.window).min(text.len()));
+            let input = Input::new(text).range(start..limit).anchored(Anchored::Yes);
+            if let Some(bounded) = self.regex.search(&input) {
+                if !bounded.is_empty() {
+                    return Some(Found {
+                        start: bounded.start(),
+                        end: bounded.end(),
+                        rule: self.rule,
+                        pattern: 0,
+                    });
+                }
+            }
+            from = next_char_boundary(text, start);
+        }
+        None
+    }
+
+    fn live_at(&self, scratch: &mut Scratch, text: &str, at: usize) -> bool {
+        // The whole window and one byte of look-ahead visible: decided whatever comes next.
+        if at + self.window < text.len() {
+            return false;
+        }
+        let (Some(dfa), Scratch::Lazy(cache)) = (&self.dfa, scratch) else {
+            return true;
+        };
+        let look_behind = at.checked_sub(1).map(|i| text.as_bytes()[i]);
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(look_behind);
+        let Ok(mut state) = dfa.start_state(cache, &config) else {
+            return true;
+        };
+        for &byte in &text.as_bytes()[at..] {
+            state = match dfa.next_state(cache, state, byte) {
+                Ok(state) => state,
+                Err(_) => return true,
+            };
+            if state.is_dead() {
+                return false;
+            }
+            if state.is_quit() {
+                return true;
+            }
+        }
+        true
+    }
+
+    fn scratch(&self) -> Scratch {
+        match &self.dfa {
+            Some(dfa) => Scratch::Lazy(Box::new(dfa.create_cache())),
+            None => Scratch::None,
+        }
+    }
+
+    fn rewrite(&self, text: &str, found: &Found, out: &mut String) {
+        match &self.rewrite {
+            Rewrite::Fixed(fixed) => out.push_str(fixed),
+            Rewrite::Template(template) => {
+                let mut caps = self.regex.create_captures();
+                let input = Input::new(text)
+                    .range(found.start..found.end)
+                    .anchored(Anchored::Yes);
+                self.regex.search_captures(&input, &mut caps);
+                if caps.is_match() {
+                    caps.interpolate_string_into(text, template, out);
+                } else {
+                    // Cannot happen: the span is a match of this regex. Keep the text.
+                    out.push_str(&text[found.start..found.end]);
+                }
+            }
+        }
+    }
+}
+
+/// What a regex match becomes.
+#[derive(Debug, Clone)]
+pub enum Rewrite {
+    /// `$1`, `${name}` expanded from the match's capture groups.
+    Template(String),
+    /// The same text every time.
+    Fixed(String),
+}
+
+/// Many literals at once (the `replace` rules, literal `block` rules).
+pub struct LiteralMatcher {
+    searcher: AhoCorasick,
+    anchored: aho_corasick::dfa::DFA,
+    /// Per pattern: (rule index, whole_word, replacement).
+    patterns: Vec<(usize, bool, String)>,
+}
+
+impl LiteralMatcher {
+    /// One literal per rule, all sharing `case_insensitive` (ASCII).
+    pub fn new(literals: &[Literal], case_insensitive: bool) -> Result<Self, CompileError> {
+        let texts: Vec<&str> = literals.iter().map(|l| l.find.as_str()).collect();
+        let searcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .ascii_case_insensitive(case_insensitive)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(&texts)
+            .map_err(|e| CompileError(e.to_string()))?;
+        let anchored = aho_corasick::dfa::DFA::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .ascii_case_insensitive(case_insensitive)
+            .start_kind(StartKind::Anchored)
+            .build(&texts)
+            .map_err(|e| CompileError(e.to_string()))?;
+        Ok(LiteralMatcher {
+            searcher,
+            anchored,
+            patterns: literals
+                .iter()
+                .map(|l| (l.rule, l.whole_word, l.replace.clone()))
+                .collect(),
+        })
+    }
+}
+
+impl Matcher for LiteralMatcher {
+    fn find(&self, text: &str, mut from: usize) -> Option<Found> {
+        while from < text.len() {
+            let input = aho_corasick::Input::new(text).range(from..);
+            let found = self.searcher.find(input)?;
+            let pattern = found.pattern().as_usize();
+            let (rule, whole_word, _) = self.patterns[pattern];
+            if !whole_word || is_whole_word(text, found.start(), found.end()) {
+                return Some(Found {
+                    start: found.start(),
+                    end: found.end(),
+                    rule,
+                    pattern,
+                });
+            }
+            from = next_char_boundary(text, found.start());
+        }
+        None
+    }
+
+    fn live_at(&self, _scratch: &mut Scratch, text: &str, at: usize) -> bool {
+        let Ok(mut state) = self.anchored.start_state(AcAnchored::Yes) else {
+            return true;
+        };
+        for &byte in &text.as_bytes()[at..] {
+            state = self.anchored.next_state(AcAnchored::Yes, state, byte);
+            if self.anchored.is_dead(state) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn scratch(&self) -> Scratch {
+        Scratch::None
+    }
+
+    fn rewrite(&self, _text: &str, found: &Found, out: &mut String) {
+        out.push_str(&self.patterns[found.pattern].2);
+    }
+}
+
+/// One literal rule for a [`LiteralMatcher`].
+#[derive(Debug, Clone)]
+pub struct Literal {
+    pub find: String,
+    pub replace: String,
+    pub whole_word: bool,
+    pub rule: usize,
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+fn is_whole_word(text: &str, start: usize, end: usize) -> bool {
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    !before.is_some_and(is_word_char) && !after.is_some_and(is_word_char)
+}
+
+/// The start of the char after the one at `i` (or `len`).
+pub fn next_char_boundary(text: &str, i: usize) -> usize {
+    let mut j = i + 1;
+    while j < text.len() && !text.is_char_boundary(j) {
+        j += 1;
+    }
+    j.min(text.len())
+}
+
+/// The largest char boundary at or below `i`.
+pub fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed() -> Rewrite {
+        Rewrite::Fixed("X".into())
+    }
+
+    fn lit(find: &str, whole_word: bool) -> Literal {
+        Literal {
+            find: find.into(),
+            replace: "X".into(),
+            whole_word,
+            rule: 0,
+        }
+    }
+
+    #[test]
+    fn regex_find_matches_the_regex_crate_for_bounded_patterns() {
+        let m = RegexMatcher::new(r"\bfoo\d{1,3}\b", 256, 7, fixed()).unwrap();
+        assert_eq!(m.window(), 15, "\\d is Unicode: up to 4 bytes a digit");
+        let text = "xfoo1 foo12 foo1234 foo9";
+        let mut from = 0;
+        let mut got = Vec::new();
+        while let Some(f) = m.find(text, from) {
+            got.push(&text[f.start..f.end]);
+            from = f.end;
+        }
+        let want: Vec<&str> = regex::Regex::new(r"\bfoo\d{1,3}\b")
+            .unwrap()
+            .find_iter(text)
+            .map(|m| m.as_str())
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn regex_matches_longer_than_the_window_are_cut_to_it() {
+        let m = RegexMatcher::new(r"a+", 3, 0, fixed()).unwrap();
+        let f = m.find("baaaaa", 0).unwrap();
+        assert_eq!((f.start, f.end), (1, 4));
+    }
+
+    #[test]
+    fn liveness_follows_the_automaton() {
+        let m = RegexMatcher::new(r"confidential", 256, 0, fixed()).unwrap();
+        let mut scratch = m.scratch();
+        assert!(m.live_at(&mut scratch, "the confid", 4));
+        assert!(!m.live_at(&mut scratch, "the confid", 0));
+        assert!(!m.live_at(&mut scratch, "the confix", 4));
+        let lit = LiteralMatcher::new(&[lit("confidential", false)], false).unwrap();
+        let mut none = lit.scratch();
+        assert!(lit.live_at(&mut none, "the confid", 4));
+        assert!(!lit.live_at(&mut none, "the confid", 3));
+        assert!(!lit.live_at(&mut none, "the confix", 4));
+    }
+
+    #[test]
+    fn whole_word_literals_need_boundaries() {
+        let lit = LiteralMatcher::new(&[lit("cat", true)], true).unwrap();
+        assert_eq!(lit.find("concat Cat", 0).map(|f| f.start), Some(7));
+        assert_eq!(lit.find("cats", 0), None);
+    }
+}

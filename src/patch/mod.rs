@@ -1,0 +1,439 @@
+//! The response-side rule pipeline: compiled matchers applied to model text, one-shot or as a
+//! stream of chunks, with identical results for every way of splitting the text.
+//!
+//! A [`Pipeline`] is built (fallibly, off the request path) from validated rules. A request
+//! asks it for the [`Compiled`] stages that apply to its model and endpoint (cached per set of
+//! applicable rules), and opens one [`Session`] per text field it patches.
+//!
+//! Stages run in a fixed order, each on the previous one's output:
+//! 1. `redact` rules (file order) — secrets are masked before anything else looks at the text;
+//! 2. `block` rules (literals together, then patterns in file order);
+//! 3. `replace` rules, all literals in one aho-corasick automaton per case-sensitivity;
+//! 4. `regex` rules (file order).
+//!
+//! Shadow rules run in the same place but only report what they would have done.
+
+pub mod matcher;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::rules::{Action, Endpoint, Kind, Mode, Rule, RuleError};
+use matcher::{CompileError, Literal, LiteralMatcher, Matcher, RegexMatcher, Rewrite};
+use stream::{Decided, Effect, StageStream};
+
+/// Per-rule counters, shared by every request using the pipeline.
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    /// Matches decided (enforced or shadowed).
+    pub hits: AtomicU64,
+    /// Matches that changed the output.
+    pub applied: AtomicU64,
+    /// Matches of shadow rules (output unchanged).
+    pub shadowed: AtomicU64,
+}
+
+/// The rules a pipeline was built from, with their counters.
+#[derive(Debug, Default)]
+pub struct RuleTable {
+    pub rules: Vec<Rule>,
+    pub counters: Vec<RuleCounters>,
+}
+
+/// One correction, for the audit log and stats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub rule_id: String,
+    pub kind: Kind,
+    pub detected: String,
+    pub corrected: String,
+    pub shadow: bool,
+}
+
+struct Stage {
+    matcher: Arc<dyn Matcher>,
+    effect: Effect,
+    shadow: bool,
+}
+
+/// The stages for one set of applicable rules.
+pub struct Compiled {
+    table: Arc<RuleTable>,
+    stages: Vec<Stage>,
+}
+
+/// Every response-side rule, compiled.
+pub struct Pipeline {
+    table: Arc<RuleTable>,
+    /// Per rule index: its regex matcher, for `regex`, `redact` and pattern `block` rules.
+    regexes: Vec<Option<Arc<RegexMatcher>>>,
+    cache: Mutex<HashMap<Vec<bool>, Arc<Compiled>>>,
+}
+
+fn is_response_side(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Replace | Kind::Regex | Kind::Redact | Kind::Block
+    )
+}
+
+impl Pipeline {
+    /// A pipeline without rules.
+    pub fn empty() -> Self {
+        Pipeline {
+            table: Arc::new(RuleTable::default()),
+            regexes: Vec::new(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Compiles every pattern now, so a bad one is reported before anything goes live.
+    pub fn new(rules: Vec<Rule>) -> Result<Self, Vec<RuleError>> {
+        let mut errors = Vec::new();
+        let mut regexes = Vec::with_capacity(rules.len());
+        for (index, rule) in rules.iter().enumerate() {
+            let built = match &rule.action {
+                Action::Regex {
+                    pattern,
+                    replace,
+                    max_len,
+                } => Some(RegexMatcher::new(
+                    pattern,
+                    *max_len,
+                    index,
+                    Rewrite::Template(replace.clone()),
+                )),
+                Action::Redact {
+                    detector,
+                    pattern,
+                    mask,
+                    max_len,
+                } => {
+                    let pattern = match (detector, pattern) {
+                        (Some(detector), _) => detector.pattern(),
+                        (None, Some(pattern)) => pattern.as_str(),
+                        (None, None) => "",
+                    };
+                    Some(RegexMatcher::new(
+                        pattern,
+                        *max_len,
+                        index,
+                        Rewrite::Fixed(mask.clone()),
+                    ))
+                }
+                Action::Block {
+                    pattern: Some(pattern),
+                    max_len,
+                    ..
+                } => Some(RegexMatcher::new(
+                    pattern,
+                    *max_len,
+                    index,
+                    Rewrite::Fixed(String::new()),
+                )),
+                _ => None,
+            };
+            match built.transpose() {
+                Ok(matcher) => regexes.push(matcher.map(Arc::new)),
+                Err(CompileError(message)) => {
+                    errors.push(RuleError {
+                        file: rule.source.clone(),
+                        line: None,
+                        rule_id: Some(rule.id.clone()),
+                        field: Some("pattern".into()),
+                        message,
+                    });
+                    regexes.push(None);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let counters = rules.iter().map(|_| RuleCounters::default()).collect();
+        let pipeline = Pipeline {
+            table: Arc::new(RuleTable { rules, counters }),
+            regexes,
+            cache: Mutex::new(HashMap::new()),
+        };
+        // Build the set where every rule applies, to surface automaton errors now.
+        let all: Vec<bool> = pipeline.table.rules.iter().map(|r| r.enabled).collect();
+        pipeline.compile(&all).map_err(|CompileError(message)| {
+            vec![RuleError {
+                file: "rules".into(),
+                line: None,
+                rule_id: None,
+                field: None,
+                message,
+            }]
+        })?;
+        Ok(pipeline)
+    }
+
+    /// True when no enabled response-side rule exists (nothing to patch, for any request).
+    pub fn is_empty(&self) -> bool {
+        !self
+            .table
+            .rules
+            .iter()
+            .any(|r| r.enabled && is_response_side(r.kind()))
+    }
+
+    pub fn table(&self) -> &Arc<RuleTable> {
+        &self.table
+    }
+
+    /// The compiled stages for a request, or `None` when no response-side rule applies.
+    pub fn select(&self, model: &str, endpoint: Option<Endpoint>) -> Option<Arc<Compiled>> {
+        let active: Vec<bool> = self
+            .table
+            .rules
+            .iter()
+            .map(|r| is_response_side(r.kind()) && r.applies_to(model, endpoint))
+            .collect();
+        if !active.iter().any(|&a| a) {
+            return None;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(compiled) = cache.get(&active) {
+            return Some(compiled.clone());
+        }
+        match self.compile(&active) {
+            Ok(compiled) => {
+                let compiled = Arc::new(compiled);
+                cache.insert(active, compiled.clone());
+                Some(compiled)
+            }
+            Err(error) => {
+                tracing::error!("rules could not be compiled for model {model:?}: {error}");
+                None
+            }
+        }
+    }
+
+    fn compile(&self, active: &[bool]) -> Result<Compiled, CompileError> {
+        let rules = &self.table.rules;
+        let on = |i: usize| active.get(i).copied().unwrap_or(false);
+        let shadow = |i: usize| rules[i].mode == Mode::Shadow;
+        let mut stages = Vec::new();
+        let regex_stages = |kind: Kind, effect: Effect, stages: &mut Vec<Stage>| {
+            for (i, rule) in rules.iter().enumerate() {
+                if on(i) && rule.kind() == kind {
+                    if let Some(matcher) = &self.regexes[i] {
+                        stages.push(Stage {
+                            matcher: matcher.clone(),
+                            effect,
+                            shadow: shadow(i),
+                        });
+                    }
+                }
+            }
+        };
+        regex_stages(Kind::Redact, Effect::Rewrite, &mut stages);
+        // Literal groups: (case_insensitive, shadow) → literals.
+        for (kind, effect) in [
+            (Kind::Block, Effect::Block),
+            (Kind::Replace, Effect::Rewrite),
+        ] {
+            let mut groups: Vec<((bool, bool), Vec<Literal>)> = Vec::new();
+            for (i, rule) in rules.iter().enumerate() {
+                if !on(i) {
+                    continue;
+                }
+                let (find, replace, case_insensitive, whole_word) = match &rule.action {
+                    Action::Replace {
+                        find,
+                        replace,
+                        case_insensitive,
+                        whole_word,
+                    } if kind == Kind::Replace => {
+                        (find, replace.clone(), *case_insensitive, *whole_word)
+                    }
+                    Action::Block {
+                        find: Some(find),
+                        case_insensitive,
+                        ..
+                    } if kind == Kind::Block => (find, String::new(), *case_insensitive, false),
+                    _ => continue,
+                };
+                let key = (case_insensitive, shadow(i));
+                let literal = Literal {
+                    find: find.clone(),
+                    replace,
+                    whole_word,
+                    rule: i,
+                };
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, group)) => group.push(literal),
+                    None => groups.push((key, vec![literal])),
+                }
+            }
+            for ((case_insensitive, shadow), literals) in groups {
+                stages.push(Stage {
+                    matcher: Arc::new(LiteralMatcher::new(&literals, case_insensitive)?),
+                    effect,
+                    shadow,
+                });
+            }
+            if kind == Kind::Block {
+                regex_stages(Kind::Block, Effect::Block, &mut stages);
+            }
+        }
+        regex_stages(Kind::Regex, Effect::Rewrite, &mut stages);
+        Ok(Compiled {
+            table: self.table.clone(),
+            stages,
+        })
+    }
+}
+
+impl Compiled {
+    /// A fresh streaming session (one per text field of a response).
+    pub fn session(self: &Arc<Self>) -> Session {
+        Session {
+            stages: self
+                .stages
+                .iter()
+                .map(|s| StageStream::new(s.matcher.clone(), s.effect, s.shadow))
+                .collect(),
+            compiled: self.clone(),
+            hits: Vec::new(),
+            blocked: None,
+            done: false,
+        }
+    }
+
+    /// Applies the rules to a whole text at once.
+    pub fn apply(self: &Arc<Self>, text: &str) -> Patched {
+        let mut session = self.session();
+        let mut out = session.push(text);
+        out.push_str(&session.finish());
+        Patched {
+            text: out,
+            blocked: session.blocked.clone(),
+            hits: session.take_hits(),
+        }
+    }
+}
+
+/// The result of [`Compiled::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patched {
+    pub text: String,
+    /// The block message, when a block rule cut the text.
+    pub blocked: Option<String>,
+    pub hits: Vec<Hit>,
+}
+
+/// The rules applied to one stream of text.
+pub struct Session {
+    compiled: Arc<Compiled>,
+    stages: Vec<StageStream>,
+    hits: Vec<Hit>,
+    blocked: Option<String>,
+    done: bool,
+}
+
+impl Session {
+    /// Feeds a chunk; returns the text that can be released now (possibly empty).
+    pub fn push(&mut self, chunk: &str) -> String {
+        self.run(chunk, false)
+    }
+
+    /// The stream is over: returns everything still held, patched.
+    pub fn finish(&mut self) -> String {
+        self.run("", true)
+    }
+
+    /// The block message, once a block rule has cut the stream; later input is dropped.
+    pub fn blocked(&self) -> Option<&str> {
+        self.blocked.as_deref()
+    }
+
+    /// True once the stream is finished or blocked.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Bytes currently held back across all stages.
+    pub fn held(&self) -> usize {
+        self.stages.iter().map(StageStream::held).sum()
+    }
+
+    /// Corrections decided since the last call.
+    pub fn take_hits(&mut self) -> Vec<Hit> {
+        std::mem::take(&mut self.hits)
+    }
+
+    fn run(&mut self, chunk: &str, eof: bool) -> String {
+        if self.done {
+            return String::new();
+        }
+        let mut text = chunk.to_string();
+        let mut decided = Vec::new();
+        for i in 0..self.stages.len() {
+            let mut out = String::with_capacity(text.len());
+            let stage = &mut self.stages[i];
+            stage.push(&text, &mut out, &mut decided);
+            if eof {
+                stage.finish(&mut out, &mut decided);
+            }
+            let blocked_by = stage.blocked();
+            self.record(&mut decided, i);
+            if let Some(mut rule) = blocked_by {
+                // Release what downstream stages hold, then the block message. A downstream
+                // block on that text cuts it earlier, so its message wins.
+                for j in i + 1..self.stages.len() {
+                    let mut flushed = String::new();
+                    self.stages[j].push(&out, &mut flushed, &mut decided);
+                    self.stages[j].finish(&mut flushed, &mut decided);
+                    self.record(&mut decided, j);
+                    if let Some(later) = self.stages[j].blocked() {
+                        rule = later;
+                    }
+                    out = flushed;
+                }
+                let message = match &self.compiled.table.rules[rule].action {
+                    Action::Block { message, .. } => message.clone(),
+                    _ => String::new(),
+                };
+                out.push_str(&message);
+                self.blocked = Some(message);
+                self.done = true;
+                return out;
+            }
+            text = out;
+        }
+        if eof {
+            self.done = true;
+        }
+        text
+    }
+
+    fn record(&mut self, decided: &mut Vec<Decided>, stage: usize) {
+        let shadow = self.compiled.stages[stage].shadow;
+        for d in decided.drain(..) {
+            let table = &self.compiled.table;
+            let counters = &table.counters[d.rule];
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+            if shadow {
+                counters.shadowed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.applied.fetch_add(1, Ordering::Relaxed);
+            }
+            let rule = &table.rules[d.rule];
+            self.hits.push(Hit {
+                rule_id: rule.id.clone(),
+                kind: rule.kind(),
+                detected: d.detected,
+                corrected: d.corrected,
+                shadow,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

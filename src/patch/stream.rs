@@ -1,0 +1,209 @@
+//! One pipeline stage applied to a stream of text chunks, leak-free.
+//!
+//! The stage keeps only the *undecided* tail: text from the first position where a match could
+//! still start (or change) if more text came. Everything before it is decided — rewritten where
+//! a decided match covers it, released unchanged otherwise — and leaves at once. So the output
+//! for any split of the input equals the output for the whole text in one piece, and no byte of
+//! a match ever leaves before its match is decided.
+//!
+//! A buffer `buf` holds `context + pending`: `buf[..start]` is at most one already-released char,
+//! kept only so look-behind assertions (`\b`, `^`) and whole-word checks see what preceded.
+
+use std::sync::Arc;
+
+use super::matcher::{next_char_boundary, Found, Matcher, Scratch};
+
+/// What a decided match does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Replace the match with the matcher's rewrite.
+    Rewrite,
+    /// Cut the text before the match; the session ends with the rule's message.
+    Block,
+}
+
+/// A decided match, reported to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub rule: usize,
+    pub detected: String,
+    pub corrected: String,
+}
+
+/// The per-stream state of one stage.
+pub struct StageStream {
+    matcher: Arc<dyn Matcher>,
+    effect: Effect,
+    /// Shadow: matches are reported, the text passes through unchanged and undelayed.
+    shadow: bool,
+    scratch: Scratch,
+    buf: String,
+    start: usize,
+    /// Positions in `start..frontier` are known not to start a match (dead stays dead).
+    frontier: usize,
+    /// Set once a block rule fired: everything after is swallowed.
+    blocked: Option<usize>,
+}
+
+impl StageStream {
+    pub fn new(matcher: Arc<dyn Matcher>, effect: Effect, shadow: bool) -> Self {
+        StageStream {
+            scratch: matcher.scratch(),
+            matcher,
+            effect,
+            shadow,
+            buf: String::new(),
+            start: 0,
+            frontier: 0,
+            blocked: None,
+        }
+    }
+
+    /// Bytes held back (undecided).
+    pub fn held(&self) -> usize {
+        if self.shadow {
+            0
+        } else {
+            self.buf.len() - self.start
+        }
+    }
+
+    /// The rule that blocked the stream, if one did.
+    pub fn blocked(&self) -> Option<usize> {
+        self.blocked
+    }
+
+    /// Feeds `input`; appends what can be released to `out` and decided matches to `decided`.
+    pub fn push(&mut self, input: &str, out: &mut String, decided: &mut Vec<Decided>) {
+        self.feed(input, false, out, decided);
+    }
+
+    /// The input is over: decides and releases everything held.
+    pub fn finish(&mut self, out: &mut String, decided: &mut Vec<Decided>) {
+        self.feed("", true, out, decided);
+    }
+
+    fn feed(&mut self, input: &str, eof: bool, out: &mut String, decided: &mut Vec<Decided>) {
+        if self.blocked.is_some() {
+            return;
+        }
+        self.buf.push_str(input);
+        if self.shadow {
+            out.push_str(input);
+            let mut discard = String::new();
+            self.advance(eof, &mut discard, decided);
+        } else {
+            self.advance(eof, out, decided);
+        }
+        self.compact();
+    }
+
+    fn advance(&mut self, eof: bool, out: &mut String, decided: &mut Vec<Decided>) {
+        let mut cursor = self.start;
+        loop {
+            let found = self.matcher.find(&self.buf, cursor);
+            if !eof {
+                // Hold from the first position that could still start a match.
+                let limit = found.map_or(self.buf.len(), |f| f.start);
+                if let Some(live) = self.first_live(cursor.max(self.frontier), limit) {
+                    out.push_str(&self.buf[cursor..live]);
+                    cursor = live;
+                    break;
+                }
+                let Some(f) = found else {
+                    out.push_str(&self.buf[cursor..]);
+                    cursor = self.buf.len();
+                    break;
+                };
+                if self.matcher.live_at(&mut self.scratch, &self.buf, f.start) {
+                    out.push_str(&self.buf[cursor..f.start]);
+                    cursor = f.start;
+                    self.frontier = f.start;
+                    break;
+                }
+            }
+            let Some(f) = found else {
+                out.push_str(&self.buf[cursor..]);
+                cursor = self.buf.len();
+                break;
+            };
+            out.push_str(&self.buf[cursor..f.start]);
+            if self.apply(&f, out, decided) {
+                cursor = self.buf.len();
+                break;
+            }
+            cursor = if f.end > f.start {
+                f.end
+            } else {
+                // An empty match (validation rejects them; be safe): keep one char.
+                let next = next_char_boundary(&self.buf, f.start);
+                out.push_str(&self.buf[f.start..next]);
+                next
+            };
+            self.frontier = self.frontier.max(cursor);
+        }
+        self.start = cursor;
+        self.frontier = self.frontier.max(cursor);
+    }
+
+    /// Rewrites (or blocks at) a decided match. Returns true when the stream is now blocked.
+    fn apply(&mut self, f: &Found, out: &mut String, decided: &mut Vec<Decided>) -> bool {
+        let detected = self.buf[f.start..f.end].to_string();
+        let mut corrected = String::new();
+        match self.effect {
+            Effect::Rewrite => self.matcher.rewrite(&self.buf, f, &mut corrected),
+            Effect::Block => {}
+        }
+        decided.push(Decided {
+            rule: f.rule,
+            detected,
+            corrected: corrected.clone(),
+        });
+        match self.effect {
+            Effect::Rewrite => {
+                out.push_str(&corrected);
+                false
+            }
+            Effect::Block if self.shadow => {
+                out.push_str(&self.buf[f.start..f.end]);
+                false
+            }
+            Effect::Block => {
+                self.blocked = Some(f.rule);
+                true
+            }
+        }
+    }
+
+    /// The first char position in `from..to` where a match could still start.
+    fn first_live(&mut self, from: usize, to: usize) -> Option<usize> {
+        let mut at = from;
+        while at < to {
+            if self.buf.is_char_boundary(at)
+                && self.matcher.live_at(&mut self.scratch, &self.buf, at)
+            {
+                self.frontier = at;
+                return Some(at);
+            }
+            at += 1;
+        }
+        self.frontier = self.frontier.max(to);
+        None
+    }
+
+    /// Drops released text, keeping one char of context.
+    fn compact(&mut self) {
+        if self.start == 0 {
+            return;
+        }
+        let keep_from = self.buf[..self.start]
+            .char_indices()
+            .next_back()
+            .map_or(self.start, |(i, _)| i);
+        if keep_from > 0 {
+            self.buf.drain(..keep_from);
+            self.start -= keep_from;
+            self.frontier -= keep_from;
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! Re-framing: finds the model's text inside each NDJSON line, SSE event or whole JSON body,
+//! runs it through the rule pipeline ([`crate::patch`]) and writes the message back with every
+//! other field, and the key order, unchanged. A line or event whose text no rule touched is
+//! forwarded as its original bytes.
+//!
+//! This module does no I/O: [`Rewriter::feed`] takes upstream bytes and returns client bytes,
+//! so the framing can be tested for every split of the input.
+//!
+//! Where the text lives (DESIGN.md): `/api/generate` → `response`, `thinking`; `/api/chat` →
+//! `message.content`, `message.thinking`; `/v1/chat/completions` → `choices[i].delta.content`
+//! (streamed) or `choices[i].message.content`; `/v1/completions` → `choices[i].text`.
+//!
+//! Held-back text is flushed into the final chunk: the `done:true` line (NDJSON), the chunk
+//! carrying the choice's `finish_reason`, or a chunk inserted before `data: [DONE]` (SSE).
+//!
+//! A `block` rule ends the response: the text before the match, then the rule's message, then
+//! a well-formed end — NDJSON: that line gets `"done":true,"done_reason":"stop"` and
+//! `"rawrxd_blocked":"<rule id>"`; SSE: that chunk gets `"finish_reason":"content_filter"`,
+//! followed by `data: [DONE]`; whole JSON: the text field holds the message, with `done_reason`
+//! `"stop"` / `finish_reason` `"content_filter"`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::patch::{Compiled, Hit, Session};
+use crate::rules::Endpoint;
+
+/// How the response body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Sse,
+}
+
+/// Identifies one text field in a stream: (choice index, which field).
+type FieldKey = (u64, &'static str);
+
+/// Rewrites one streamed response.
+pub struct Rewriter {
+    compiled: Arc<Compiled>,
+    endpoint: Endpoint,
+    format: Format,
+    pending: Vec<u8>,
+    sessions: HashMap<FieldKey, Session>,
+    finished: bool,
+    blocked: bool,
+    hits: Vec<Hit>,
+    /// The last JSON chunk seen, as a template for a chunk the proxy has to add.
+    last_chunk: Option<Map<String, Value>>,
+}
+
+impl Rewriter {
+    pub fn new(compiled: Arc<Compiled>, endpoint: Endpoint, format: Format) -> Self {
+        Rewriter {
+            compiled,
+            endpoint,
+            format,
+            pending: Vec::new(),
+            sessions: HashMap::new(),
+            finished: false,
+            blocked: false,
+            hits: Vec::new(),
+            last_chunk: None,
+        }
+    }
+
+    /// True once the stream has ended (final chunk seen, or blocked): the rest of the upstream
+    /// body can be dropped.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// True once a block rule ended the response.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Corrections made since the last call.
+    pub fn take_hits(&mut self) -> Vec<Hit> {
+        std::mem::take(&mut self.hits)
+    }
+
+    /// Bytes of model text currently held back.
+    pub fn held(&self) -> usize {
+        self.sessions.values().map(Session::held).sum()
+    }
+
+    /// Takes upstream bytes; returns the bytes to send the client now.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len() + 64);
+        if self.finished {
+            return out;
+        }
+        self.pending.extend_from_slice(bytes);
+        let mut consumed = 0;
+        while !self.finished {
+            let rest = &self.pending[consumed..];
+            let Some(end) = (match self.format {
+                Format::Ndjson => rest.iter().position(|&b| b == b'\n').map(|i| i + 1),
+                Format::Sse => event_end(rest),
+            }) else {
+                break;
+            };
+            let unit = self.pending[consumed..consumed + end].to_vec();
+            consumed += end;
+            match self.format {
+                Format::Ndjson => self.ndjson_line(&unit, &mut out),
+                Format::Sse => self.sse_event(&unit, &mut out),
+            }
+        }
+        self.pending.drain(..consumed);
+        out
+    }
+
+    /// The upstream body ended: processes a last unterminated line/event and releases any
+    /// text still held (in a chunk shaped like the last one).
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.finished && !self.pending.is_empty() {
+            let unit = std::mem::take(&mut self.pending);
+            match self.format {
+                Format::Ndjson => self.ndjson_line(&unit, &mut out),
+                Format::Sse => self.sse_event(&unit, &mut out),
+            }
+        }
+        if !self.finished {
+            self.flush_open_sessions(&mut out);
+        }
+        self.finished = true;
+        out
+    }
+
+    /// Emits a chunk carrying whatever the open sessions still hold.
+    fn flush_open_sessions(&mut self, out: &mut Vec<u8>) {
+        let mut keys: Vec<FieldKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.is_done())
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort();
+        for key in keys {
+            let Some(session) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            let text = session.finish();
+            self.hits.extend(session.take_hits());
+            if text.is_empty() {
+                continue;
+            }
+            let mut chunk = self.last_chunk.clone().unwrap_or_default();
+            match self.format {
+                Format::Ndjson => {
+                    set_ndjson_text(&mut chunk, self.endpoint, key.1, text);
+                    chunk.insert("done".into(), Value::Bool(false));
+                    write_line(&chunk, out);
+                }
+                Format::Sse => {
+                    let choice = sse_choice(self.endpoint, key.0, text);
+                    chunk.insert("choices".into(), Value::Array(vec![choice]));
+                    write_event(&chunk, out);
+                }
+            }
+        }
+    }
+
+    fn session(&mut self, key: FieldKey) -> &mut Session {
+        let compiled = &self.compiled;
+        self.sessions
+            .entry(key)
+            .or_insert_with(|| compiled.session())
+    }
+
+    /// Runs one field's text through its session; `last` flushes it. Returns the new text and
+    /// the block message when a block rule fired.
+    fn patch_field(&mut self, key: FieldKey, text: &str, last: bool) -> (String, Option<String>) {
+        let session = self.session(key);
+        let mut new = session.push(text);
+        if last {
+            new.push_str(&session.finish());
+        }
+        let blocked = session.blocked().map(str::to_string);
+        let hits = session.take_hits();
+        self.hits.extend(hits);
+        (new, blocked)
+    }
+
+    fn blocked_rule_id(&self) -> String {
+        self.hits
+            .iter()
+            .rev()
+            .find(|h| h.kind == crate::rules::Kind::Block && !h.shadow)
+            .map(|h| h.rule_id.clone())
+            .unwrap_or_default()
+    }
+
+    fn ndjson_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let body = trim_newline(line);
+        let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(body) else {
+            out.extend_from_slice(line);
+            return;
+        };
+        let done = chunk.get("done") == Some(&Value::Bool(true));
+        let mut changed = false;
+        let mut blocked = None;
+        for field in ndjson_fields(self.endpoint) {
+            let key = (0, field);
+            let text = get_ndjson_text(&chunk, self.endpoint, field).map(str::to_string);
+            let (new, block) = match text {
+                Some(text) => {
+                    let (new, block) = self.patch_field(key, &text, done);
+                    if new == text {
+                        continue;
+                    }
+                    (new, block)
+                }
+                // The field is absent here but text of it is held: flush it on the last line.
+                None if done && self.sessions.contains_key(&key) => {
+                    let (new, block) = self.patch_field(key, "", true);
+                    if new.is_empty() {
+                        continue;
+                    }
+                    (new, block)
+                }
+                None => continue,
+            };
+            set_ndjson_text(&mut chunk, self.endpoint, field, new);
+            changed = true;
+            if block.is_some() {
+                blocked = block;
+                break;
+            }
+        }
+        if blocked.is_some() {
+            chunk.insert("done".into(), Value::Bool(true));
+            if !done {
+                chunk.insert("done_reason".into(), Value::String("stop".into()));
+            }
+            chunk.insert(
+                "rawrxd_blocked".into(),
+                Value::String(self.blocked_rule_id()),
+            );
+            self.finished = true;
+            self.blocked = true;
+        }
+        if done {
+            self.finished = true;
+        }
+        if changed {
+            write_line(&chunk, out);
+        } else {
+            out.extend_from_slice(line);
+        }
+        self.last_chunk = Some(chunk);
+    }
+
+    fn sse_event(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        let text = String::from_utf8_lossy(event);
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        let payload = data.join("\n");
+        if payload.trim() == "[DONE]" {
+            self.flush_open_sessions(out);
+            out.extend_from_slice(event);
+            self.finished = true;
+            return;
+        }
+        let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(&payload) else {
+            out.extend_from_slice(event);
+            return;
+        };
+        let field = match self.endpoint {
+            Endpoint::OpenaiCompletions => "text",
+            _ => "content",
+        };
+        let mut changed = false;
+        let mut blocked = false;
+        if let Some(Value::Array(choices)) = chunk.get("choices").cloned() {
+            let mut new_choices = choices.clone();
+            for (position, choice) in choices.iter().enumerate() {
+                let index = choice
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(position as u64);
+                let last = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+                let key = (index, field);
+                let current = sse_text(self.endpoint, choice).map(str::to_string);
+                let (new, block) = match current {
+                    Some(current) => {
+                        let (new, block) = self.patch_field(key, &current, last);
+                        if new == current && block.is_none() {
+                            continue;
+                        }
+                        (new, block)
+                    }
+                    None if last && self.sessions.contains_key(&key) => {
+                        let (new, block) = self.patch_field(key, "", true);
+                        if new.is_empty() {
+                            continue;
+                        }
+                        (new, block)
+                    }
+                    None => continue,
+                };
+                let target = &mut new_choices[position];
+                set_sse_text(self.endpoint, target, new);
+                if block.is_some() {
+                    if let Some(object) = target.as_object_mut() {
+                        object.insert("finish_reason".into(), "content_filter".into());
+                    }
+                    blocked = true;
+                }
+                changed = true;
+                if blocked {
+                    new_choices.truncate(position + 1);
+                    break;
+                }
+            }
+            if changed {
+                chunk.insert("choices".into(), Value::Array(new_choices));
+            }
+        }
+        if changed {
+            write_event(&chunk, out);
+        } else {
+            out.extend_from_slice(event);
+        }
+        if blocked {
+            out.extend_from_slice(b"data: [DONE]\n\n");
+            self.finished = true;
+            self.blocked = true;
+        }
+        let mut template = chunk;
+        template.remove("usage");
+        self.last_chunk = Some(template);
+    }
+}
+
+/// Patches a whole (non-streamed) JSON response body. Returns `None` when nothing changed (or
+/// the body is not the expected JSON), so the original bytes can be sent.
+pub fn rewrite_json(
+    compiled: &Arc<Compiled>,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Option<(Vec<u8>, Vec<Hit>)> {
+    let Ok(Value::Object(mut root)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    let mut hits = Vec::new();
+    let mut changed = false;
+    match endpoint {
+        Endpoint::Generate | Endpoint::Chat => {
+            for field in ndjson_fields(endpoint) {
+                let Some(text) = get_ndjson_text(&root, endpoint, field).map(str::to_string) else {
+                    continue;
+                };
+                let patched = compiled.apply(&text);
+                hits.extend(patched.hits);
+                if patched.text != text {
+                    set_ndjson_text(&mut root, endpoint, field, patched.text);
+                    changed = true;
+                }
+                if patched.blocked.is_some() {
+                    root.insert("done_reason".into(), "stop".into());
+                    break;
+                }
+            }
+        }
+        Endpoint::OpenaiChat | Endpoint::OpenaiCompletions => {
+            if let Some(Value::Array(choices)) = root.get_mut("choices") {
+                for choice in choices.iter_mut() {
+                    let text = match endpoint {
+                        Endpoint::OpenaiChat => choice.pointer("/message/content"),
+                        _ => choice.get("text"),
+                    }
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                    let Some(text) = text else { continue };
+                    let patched = compiled.apply(&text);
+                    hits.extend(patched.hits);
+                    if patched.text != text {
+                        let slot = match endpoint {
+                            Endpoint::OpenaiChat => choice.pointer_mut("/message/content"),
+                            _ => choice.get_mut("text"),
+                        };
+                        if let Some(slot) = slot {
+                            *slot = Value::String(patched.text);
+                        }
+                        changed = true;
+                    }
+                    if patched.blocked.is_some() {
+                        if let Some(object) = choice.as_object_mut() {
+                            object.insert("finish_reason".into(), "content_filter".into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !changed && hits.is_empty() {
+        return None;
+    }
+    if !changed {
+        return Some((body.to_vec(), hits));
+    }
+    serde_json::to_vec(&Value::Object(root))
+        .ok()
+        .map(|bytes| (bytes, hits))
+}
+
+fn ndjson_fields(endpoint: Endpoint) -> [&'static str; 2] {
+    match endpoint {
+        Endpoint::Generate => ["response", "thinking"],
+        _ => ["content", "thinking"],
+    }
+}
+
+fn get_ndjson_text<'a>(
+    chunk: &'a Map<String, Value>,
+    endpoint: Endpoint,
+    field: &str,
+) -> Option<&'a str> {
+    match endpoint {
+        Endpoint::Generate => chunk.get(field)?.as_str(),
+        _ => chunk.get("message")?.get(field)?.as_str(),
+    }
+}
+
+fn set_ndjson_text(chunk: &mut Map<String, Value>, endpoint: Endpoint, field: &str, text: String) {
+    match endpoint {
+        Endpoint::Generate => {
+            chunk.insert(field.into(), Value::String(text));
+        }
+        _ => {
+            let message = chunk
+                .entry("message")
+                .or_insert_with(|| serde_json::json!({"role": "assistant"}));
+            if let Some(message) = message.as_object_mut() {
+                message.insert(field.into(), Value::String(text));
+            }
+        }
+    }
+}
+
+fn sse_text(endpoint: Endpoint, choice: &Value) -> Option<&str> {
+    match endpoint {
+        Endpoint::OpenaiCompletions => choice.get("text")?.as_str(),
+        _ => choice.get("delta")?.get("content")?.as_str(),
+    }
+}
+
+fn set_sse_text(endpoint: Endpoint, choice: &mut Value, text: String) {
+    let Some(choice) = choice.as_object_mut() else {
+        return;
+    };
+    match endpoint {
+        Endpoint::OpenaiCompletions => {
+            choice.insert("text".into(), Value::String(text));
+        }
+        _ => {
+            let delta = choice
+                .entry("delta")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(delta) = delta.as_object_mut() {
+                delta.insert("content".into(), Value::String(text));
+            }
+        }
+    }
+}
+
+fn sse_choice(endpoint: Endpoint, index: u64, text: String) -> Value {
+    match endpoint {
+        Endpoint::OpenaiCompletions => {
+            serde_json::json!({"index": index, "text": text, "finish_reason": null})
+        }
+        _ => serde_json::json!({"index": index, "delta": {"content": text}, "finish_reason": null}),
+    }
+}
+
+fn write_line(chunk: &Map<String, Value>, out: &mut Vec<u8>) {
+    if serde_json::to_writer(&mut *out, chunk).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+fn write_event(chunk: &Map<String, Value>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    if serde_json::to_writer(&mut *out, chunk).is_ok() {
+        out.extend_from_slice(b"\n\n");
+    }
+}
+
+fn trim_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Length of the first complete SSE event (through its blank line), if there is one.
+fn event_end(bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\n' {
+            if bytes.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if bytes.get(i + 1) == Some(&b'\r') && bytes.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patch::tests::{compiled, replace, rule};
+    use crate::rules::Action;
+
+    fn gen_line(text: &str) -> String {
+        format!(
+            "{{\"model\":\"m\",\"created_at\":\"2025-01-20T14:32:45Z\",\"response\":{},\"done\":false}}\n",
+            serde_json::to_string(text).unwrap()
+        )
+    }
+
+    const GEN_DONE: &str = "{\"model\":\"m\",\"created_at\":\"2025-01-20T14:32:45Z\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"eval_count\":5}\n";
+
+    fn no_confidential() -> Arc<Compiled> {
+        compiled(vec![replace("no-conf", "confidential", "[redacted]")])
+    }
+
+    fn block_rm() -> Arc<Compiled> {
+        compiled(vec![rule(
+            "no-rm",
+            Action::Block {
+                find: Some("rm -rf".into()),
+                pattern: None,
+                case_insensitive: false,
+                message: "[blocked by policy]".into(),
+                max_len: 256,
+            },
+        )])
+    }
+
+    /// Feeds `pieces` one by one, checking no released prefix contains `secret`.
+    fn run(rewriter: &mut Rewriter, pieces: &[String], secret: Option<&str>) -> String {
+        let mut out = Vec::new();
+        for piece in pieces {
+            out.extend(rewriter.feed(piece.as_bytes()));
+            let so_far = String::from_utf8_lossy(&out);
+            if let Some(secret) = secret {
+                assert!(!so_far.contains(secret), "leaked {secret:?}: {so_far}");
+            }
+        }
+        out.extend(rewriter.finish());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn ndjson_generate_straddling_match() {
+        let pieces = vec![
+            gen_line("The "),
+            gen_line("confid"),
+            gen_line("ential"),
+            gen_line(" report"),
+            GEN_DONE.to_string(),
+        ];
+        let mut rewriter = Rewriter::new(no_confidential(), Endpoint::Generate, Format::Ndjson);
+        let out = run(&mut rewriter, &pieces, Some("confid"));
+        assert_eq!(out.lines().count(), 5, "no line added or lost");
+        let hits = rewriter.take_hits();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].detected, "confidential");
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn untouched_lines_keep_their_exact_bytes() {
+        let odd = "{ \"response\" : \"hello\",\"done\":false ,\"z\":1, \"a\":2}\n";
+        let mut rewriter = Rewriter::new(no_confidential(), Endpoint::Generate, Format::Ndjson);
+        assert_eq!(rewriter.feed(odd.as_bytes()), odd.as_bytes());
+        let not_json = "garbage line\n";
+        assert_eq!(rewriter.feed(not_json.as_bytes()), not_json.as_bytes());
+    }
+
+    #[test]
+    fn rewritten_lines_keep_key_order() {
+        let line = "{\"zeta\":1,\"response\":\"confidential\",\"alpha\":2,\"done\":true}\n";
+        let mut rewriter = Rewriter::new(no_confidential(), Endpoint::Generate, Format::Ndjson);
+        let out = String::from_utf8(rewriter.feed(line.as_bytes())).unwrap();
+        assert_eq!(
+            out,
+            "{\"zeta\":1,\"response\":\"[redacted]\",\"alpha\":2,\"done\":true}\n"
+        );
+    }
+
+    #[test]
+    fn held_text_is_flushed_into_the_done_line() {
+        let pieces = [gen_line("it is confid"), GEN_DONE.to_string()];
+        let mut rewriter = Rewriter::new(no_confidential(), Endpoint::Generate, Format::Ndjson);
+        let first = rewriter.feed(pieces[0].as_bytes());
+        assert!(
+            !String::from_utf8_lossy(&first).contains("confid"),
+            "held until decided"
+        );
+        let out = run(&mut rewriter, &pieces[1..], None);
+        let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(last["response"], "confid", "released into the final line");
+        assert_eq!(last["done"], true);
+        assert_eq!(last["eval_count"], 5);
+    }
+
+    #[test]
+    fn framing_survives_any_split_of_the_bytes() {
+        let whole: String = [
+            gen_line("The "),
+            gen_line("confid"),
+            gen_line("ential é"),
+            GEN_DONE.to_string(),
+        ]
+        .concat();
+        let expected = {
+            let mut r = Rewriter::new(no_confidential(), Endpoint::Generate, Format::Ndjson);
+            let mut out = r.feed(whole.as_bytes());
+            out.extend(r.finish());
+            out
+        };
+        for cut in 0..=whole.len() {
+            let mut r = Rewriter::new(no_confidential(), Endpoint::Generate, Format::Ndjson);
+            let mut out = r.feed(&whole.as_bytes()[..cut]);
+            out.extend(r.feed(&whole.as_bytes()[cut..]));
+            out.extend(r.finish());
+            assert_eq!(out, expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn ndjson_chat_block_ends_the_stream() {
+        let chat = |t: &str| {
+            format!(
+                "{{\"model\":\"m\",\"message\":{{\"role\":\"assistant\",\"content\":{}}},\"done\":false}}\n",
+                serde_json::to_string(t).unwrap()
+            )
+        };
+        let pieces = vec![chat("Run "), chat("rm -r"), chat("f / now"), chat("more")];
+        let mut rewriter = Rewriter::new(block_rm(), Endpoint::Chat, Format::Ndjson);
+        let out = run(&mut rewriter, &pieces, Some("rm -r"));
+        assert!(rewriter.is_blocked());
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn sse_chat_stream_with_replace_and_done() {
+        let event = |t: &str| {
+            format!(
+                "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
+                serde_json::to_string(t).unwrap()
+            )
+        };
+        let pieces = vec![
+            event("The confid"),
+            event("ential plan"),
+            event(" is confidential"),
+            "data: [DONE]\n\n".to_string(),
+        ];
+        let mut rewriter = Rewriter::new(no_confidential(), Endpoint::OpenaiChat, Format::Sse);
+        let out = run(&mut rewriter, &pieces, Some("confid"));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn sse_completions_block_sets_content_filter() {
+        let event = |t: &str| {
+            format!(
+                "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"text\":{},\"finish_reason\":null}}]}}\n\n",
+                serde_json::to_string(t).unwrap()
+            )
+        };
+        let pieces = vec![event("ok: rm"), event(" -rf /"), event("tail")];
+        let mut rewriter = Rewriter::new(block_rm(), Endpoint::OpenaiCompletions, Format::Sse);
+        let out = run(&mut rewriter, &pieces, Some("rm -rf"));
+        assert!(out.contains("\"finish_reason\":\"content_filter\""));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn whole_json_bodies_for_each_endpoint() {
+        let c = no_confidential();
+        let cases = [
+            (
+                Endpoint::Generate,
+                r#"{"model":"m","response":"a confidential b","done":true}"#,
+            ),
+            (
+                Endpoint::Chat,
+                r#"{"model":"m","message":{"role":"assistant","content":"confidential"},"done":true}"#,
+            ),
+            (
+                Endpoint::OpenaiChat,
+                r#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"confidential!"},"finish_reason":"stop"}]}"#,
+            ),
+            (
+                Endpoint::OpenaiCompletions,
+                r#"{"id":"x","choices":[{"index":0,"text":"so confidential","finish_reason":"stop"}]}"#,
+            ),
+        ];
+        let mut all = String::new();
+        for (endpoint, body) in cases {
+            let (out, hits) = rewrite_json(&c, endpoint, body.as_bytes()).unwrap();
+            assert_eq!(hits.len(), 1);
+            all.push_str(&format!(
+                "{}: {}\n",
+                endpoint.name(),
+                String::from_utf8(out).unwrap()
+            ));
+        }
+        assert!(rewrite_json(&c, Endpoint::Generate, br#"{"response":"fine"}"#).is_none());
+        assert!(rewrite_json(&c, Endpoint::Generate, b"not json").is_none());
+        insta::assert_snapshot!(all);
+    }
+}
