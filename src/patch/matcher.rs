@@ -4,9 +4,10 @@
 //!
 //! Semantics, shared by the one-shot and the streaming path:
 //! * [`RegexMatcher`]: leftmost start; at that start the leftmost-first match (the `regex`
-//!   crate's semantics) among those no longer than the matcher's window `W` bytes. For patterns
-//!   whose matches are all at most `W` long (every built-in detector, every bounded pattern),
-//!   this is exactly `regex::Regex::find_iter`.
+//!   crate's semantics) among those no longer than `max_len` characters. A pattern whose longest
+//!   match is bounded (every built-in detector; validation requires the bound to fit in
+//!   `max_len`) is never cut, and this is exactly `regex::Regex::find_iter`; an unbounded one
+//!   (`[A-Z]+`) is cut at `max_len` characters, alike in one-shot and streaming use.
 //! * [`LiteralMatcher`]: aho-corasick leftmost-longest; a `whole_word` literal only counts when
 //!   neither neighbour is a word character, otherwise the search goes on from the next char.
 //!
@@ -50,6 +51,10 @@ pub trait Matcher: Send + Sync {
 
     fn scratch(&self) -> Scratch;
 
+    /// The longest match possible, in bytes: a position further than this (plus one byte of
+    /// look-ahead) from the end of the text can no longer start a match.
+    fn window(&self) -> usize;
+
     /// Appends what `found` is replaced with.
     fn rewrite(&self, text: &str, found: &Found, out: &mut String);
 }
@@ -60,8 +65,38 @@ pub struct RegexMatcher {
     /// `$1`-style template (regex rules) or fixed text (masks, block messages).
     rewrite: Rewrite,
     dfa: Option<Arc<DFA>>,
-    window: usize,
+    window: Window,
     rule: usize,
+}
+
+/// How far a regex match can reach from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    /// The pattern's own longest match, in bytes: nothing to cut.
+    Bounded(usize),
+    /// Unbounded pattern: matches are cut at this many characters.
+    Chars(usize),
+}
+
+impl Window {
+    /// The byte index `self` reaches from `start` in `text` (capped at the text's end).
+    fn limit(self, text: &str, start: usize) -> usize {
+        match self {
+            Window::Bounded(bytes) => floor_char_boundary(text, (start + bytes).min(text.len())),
+            Window::Chars(chars) => text[start..]
+                .char_indices()
+                .nth(chars)
+                .map_or(text.len(), |(i, _)| start + i),
+        }
+    }
+
+    /// An upper bound in bytes.
+    fn bytes(self) -> usize {
+        match self {
+            Window::Bounded(bytes) => bytes,
+            Window::Chars(chars) => chars.saturating_mul(4),
+        }
+    }
 }
 
 /// Why a pattern could not be compiled.
@@ -70,8 +105,7 @@ pub struct RegexMatcher {
 pub struct CompileError(pub String);
 
 impl RegexMatcher {
-    /// `max_len` bounds a match (bytes); the effective window is the smaller of it and the
-    /// pattern's own longest match, when that is bounded.
+    /// `max_len` (characters) bounds the matches of an unbounded pattern.
     pub fn new(
         pattern: &str,
         max_len: usize,
@@ -80,11 +114,10 @@ impl RegexMatcher {
     ) -> Result<Self, CompileError> {
         let regex = meta::Regex::new(pattern).map_err(|e| CompileError(e.to_string()))?;
         let hir = regex_syntax::parse(pattern).map_err(|e| CompileError(e.to_string()))?;
-        let window = hir
-            .properties()
-            .maximum_len()
-            .map_or(max_len, |longest| longest.min(max_len))
-            .max(1);
+        let window = match hir.properties().maximum_len() {
+            Some(bytes) => Window::Bounded(bytes.max(1)),
+            None => Window::Chars(max_len.max(1)),
+        };
         let dfa = DFA::builder()
             .configure(
                 DFA::config()
@@ -104,18 +137,15 @@ impl RegexMatcher {
             rule,
         })
     }
-
-    /// The longest match this matcher can produce, in bytes.
-    pub fn window(&self) -> usize {
-        self.window
-    }
 }
 
 impl Matcher for RegexMatcher {
     fn find(&self, text: &str, mut from: usize) -> Option<Found> {
         while from <= text.len() {
             let found = self.regex.search(&Input::new(text).range(from..))?;
-            if found.len() <= self.window {
+            let start = found.start();
+            let limit = self.window.limit(text, start);
+            if found.end() <= limit {
                 return Some(Found {
                     start: found.start(),
                     end: found.end(),
@@ -124,8 +154,6 @@ impl Matcher for RegexMatcher {
                 });
             }
             // Longer than the window: the leftmost-first match inside the window, if any.
-            let start = found.start();
-            let limit = floor_char_boundary(text, (start + self.window).min(text.len()));
             let input = Input::new(text).range(start..limit).anchored(Anchored::Yes);
             if let Some(bounded) = self.regex.search(&input) {
                 if !bounded.is_empty() {
@@ -144,7 +172,7 @@ impl Matcher for RegexMatcher {
 
     fn live_at(&self, scratch: &mut Scratch, text: &str, at: usize) -> bool {
         // The whole window and one byte of look-ahead visible: decided whatever comes next.
-        if at + self.window < text.len() {
+        if self.window.limit(text, at) < text.len() {
             return false;
         }
         let (Some(dfa), Scratch::Lazy(cache)) = (&self.dfa, scratch) else {
@@ -177,6 +205,10 @@ impl Matcher for RegexMatcher {
             Some(dfa) => Scratch::Lazy(Box::new(dfa.create_cache())),
             None => Scratch::None,
         }
+    }
+
+    fn window(&self) -> usize {
+        self.window.bytes()
     }
 
     fn rewrite(&self, text: &str, found: &Found, out: &mut String) {
@@ -214,6 +246,8 @@ pub struct LiteralMatcher {
     anchored: aho_corasick::dfa::DFA,
     /// Per pattern: (rule index, whole_word, replacement).
     patterns: Vec<(usize, bool, String)>,
+    /// Longest literal, bytes.
+    window: usize,
 }
 
 impl LiteralMatcher {
@@ -233,6 +267,7 @@ impl LiteralMatcher {
             .build(&texts)
             .map_err(|e| CompileError(e.to_string()))?;
         Ok(LiteralMatcher {
+            window: texts.iter().map(|t| t.len()).max().unwrap_or(0),
             searcher,
             anchored,
             patterns: literals
@@ -278,6 +313,10 @@ impl Matcher for LiteralMatcher {
 
     fn scratch(&self) -> Scratch {
         Scratch::None
+    }
+
+    fn window(&self) -> usize {
+        self.window
     }
 
     fn rewrite(&self, _text: &str, found: &Found, out: &mut String) {
@@ -362,6 +401,14 @@ mod tests {
         let m = RegexMatcher::new(r"a+", 3, 0, fixed()).unwrap();
         let f = m.find("baaaaa", 0).unwrap();
         assert_eq!((f.start, f.end), (1, 4));
+        // max_len counts characters, not bytes.
+        let m = RegexMatcher::new(r"é+", 3, 0, fixed()).unwrap();
+        let f = m.find("xéééé", 0).unwrap();
+        assert_eq!((f.start, f.end), (1, 7));
+        // A bounded pattern is never cut, whatever its length in bytes.
+        let m = RegexMatcher::new(r"é{3}", 3, 0, fixed()).unwrap();
+        let f = m.find("xééé", 0).unwrap();
+        assert_eq!((f.start, f.end), (1, 7));
     }
 
     #[test]

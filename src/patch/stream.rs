@@ -177,7 +177,12 @@ impl StageStream {
 
     /// The first char position in `from..to` where a match could still start.
     fn first_live(&mut self, from: usize, to: usize) -> Option<usize> {
-        let mut at = from;
+        // Further back than the longest match (+1 byte of look-ahead) nothing is live.
+        let horizon = self
+            .buf
+            .len()
+            .saturating_sub(self.matcher.window().saturating_add(1));
+        let mut at = from.max(horizon);
         while at < to {
             if self.buf.is_char_boundary(at)
                 && self.matcher.live_at(&mut self.scratch, &self.buf, at)

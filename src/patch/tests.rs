@@ -249,6 +249,21 @@ fn rule_set() -> impl Strategy<Value = Vec<Rule>> {
             Just(r"b$"),
         ]
         .prop_map(|p| regex("re", p, "<$0>")),
+        // Unbounded patterns cut at a small max_len (characters).
+        (
+            prop_oneof![Just(r"[ab]+"), Just(r"é+|c+"), Just(r"\w+")],
+            1usize..5
+        )
+            .prop_map(|(p, max_len)| {
+                rule(
+                    "cut",
+                    Action::Regex {
+                        pattern: p.into(),
+                        replace: "<$0>".into(),
+                        max_len,
+                    },
+                )
+            }),
         (literal(), "[A-Z]{1,3}").prop_map(|(find, message)| {
             rule(
                 "blk",
