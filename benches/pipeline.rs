@@ -72,10 +72,15 @@ fn corpus(size: usize) -> String {
 
 /// Splits text into token-sized chunks (~4 bytes, on char boundaries).
 fn tokens(text: &str) -> Vec<&str> {
+    split(text, 4)
+}
+
+/// Splits text into pieces of about `size` bytes, on char boundaries.
+fn split(text: &str, size: usize) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < text.len() {
-        let mut end = (start + 4).min(text.len());
+        let mut end = (start + size).min(text.len());
         while !text.is_char_boundary(end) {
             end += 1;
         }
@@ -101,7 +106,35 @@ fn throughput(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("one_shot", name), &text, |b, text| {
             b.iter(|| black_box(compiled.apply(black_box(text))))
         });
+        // The way a large body flows through the proxy: one session, 64 KiB pieces.
+        let pieces = split(&text, 64 << 10);
+        group.bench_with_input(
+            BenchmarkId::new("stream_64KiB", name),
+            &pieces,
+            |b, pieces| {
+                b.iter(|| {
+                    let mut session = compiled.session();
+                    let mut released = 0;
+                    for piece in pieces {
+                        released += session.push(piece).len();
+                    }
+                    released += session.finish().len();
+                    black_box(released)
+                })
+            },
+        );
     }
+    // The floor: aho-corasick alone counting the same literals' matches.
+    let words: Vec<String> = (0..1000).map(|i| format!("forbidden{i:04}word")).collect();
+    let ac = aho_corasick::AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(&words)
+        .unwrap();
+    group.bench_with_input(
+        BenchmarkId::new("baseline_aho_corasick_count", "1000_literals"),
+        &text,
+        |b, text| b.iter(|| black_box(ac.find_iter(black_box(text.as_str())).count())),
+    );
     group.finish();
 }
 

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use aho_corasick::automaton::Automaton;
-use aho_corasick::{AhoCorasick, AhoCorasickKind, Anchored as AcAnchored, MatchKind, StartKind};
+use aho_corasick::{AhoCorasick, Anchored as AcAnchored, MatchKind, StartKind};
 use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::util::start;
 use regex_automata::{meta, Anchored, Input};
@@ -257,7 +257,6 @@ impl LiteralMatcher {
         let searcher = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .ascii_case_insensitive(case_insensitive)
-            .kind(Some(AhoCorasickKind::DFA))
             .build(&texts)
             .map_err(|e| CompileError(e.to_string()))?;
         let anchored = aho_corasick::dfa::DFA::builder()

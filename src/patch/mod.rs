@@ -302,6 +302,9 @@ impl Compiled {
             hits: Vec::new(),
             blocked: None,
             done: false,
+            spare_in: String::new(),
+            spare_out: String::new(),
+            decided: Vec::new(),
         }
     }
 
@@ -334,6 +337,9 @@ pub struct Session {
     hits: Vec<Hit>,
     blocked: Option<String>,
     done: bool,
+    spare_in: String,
+    spare_out: String,
+    decided: Vec<Decided>,
 }
 
 impl Session {
@@ -371,45 +377,47 @@ impl Session {
         if self.done {
             return String::new();
         }
-        let mut text = chunk.to_string();
-        let mut decided = Vec::new();
+        // Two buffers handed from stage to stage, reused across calls: no allocation per
+        // stage per chunk.
+        let mut input = std::mem::take(&mut self.spare_in);
+        let mut output = std::mem::take(&mut self.spare_out);
+        input.clear();
+        input.push_str(chunk);
+        let mut decided = std::mem::take(&mut self.decided);
+        let mut blocked = None;
         for i in 0..self.stages.len() {
-            let mut out = String::with_capacity(text.len());
+            output.clear();
             let stage = &mut self.stages[i];
-            stage.push(&text, &mut out, &mut decided);
-            if eof {
-                stage.finish(&mut out, &mut decided);
+            stage.push(&input, &mut output, &mut decided);
+            if eof || blocked.is_some() {
+                stage.finish(&mut output, &mut decided);
             }
-            let blocked_by = stage.blocked();
+            let blocked_here = stage.blocked();
             self.record(&mut decided, i);
-            if let Some(mut rule) = blocked_by {
-                // Release what downstream stages hold, then the block message. A downstream
-                // block on that text cuts it earlier, so its message wins.
-                for j in i + 1..self.stages.len() {
-                    let mut flushed = String::new();
-                    self.stages[j].push(&out, &mut flushed, &mut decided);
-                    self.stages[j].finish(&mut flushed, &mut decided);
-                    self.record(&mut decided, j);
-                    if let Some(later) = self.stages[j].blocked() {
-                        rule = later;
-                    }
-                    out = flushed;
-                }
-                let message = match &self.compiled.table.rules[rule].action {
-                    Action::Block { message, .. } => message.clone(),
-                    _ => String::new(),
-                };
-                out.push_str(&message);
-                self.blocked = Some(message);
-                self.done = true;
-                return out;
+            // A block releases what downstream stages hold, then its message. A downstream
+            // block on that text cuts it earlier, so the last one's message wins.
+            if blocked_here.is_some() {
+                blocked = blocked_here;
             }
-            text = out;
+            std::mem::swap(&mut input, &mut output);
         }
-        if eof {
+        self.decided = decided;
+        let mut result = String::with_capacity(input.len());
+        result.push_str(&input);
+        self.spare_in = input;
+        self.spare_out = output;
+        if let Some(rule) = blocked {
+            let message = match &self.compiled.table.rules[rule].action {
+                Action::Block { message, .. } => message.clone(),
+                _ => String::new(),
+            };
+            result.push_str(&message);
+            self.blocked = Some(message);
+            self.done = true;
+        } else if eof {
             self.done = true;
         }
-        text
+        result
     }
 
     fn record(&mut self, decided: &mut Vec<Decided>, stage: usize) {
