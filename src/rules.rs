@@ -780,12 +780,30 @@ struct RuleTables {
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    LineIndex::new(text).line(offset)
+}
+
+/// Byte offset → 1-based line number, in O(log lines) after one pass over the text (a file
+/// of thousands of rules asks for thousands of line numbers).
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        LineIndex { starts }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&start| start <= offset)
+    }
 }
 
 fn parse_text(file: &Path, text: &str) -> ParsedFile {
@@ -809,9 +827,10 @@ fn parse_text(file: &Path, text: &str) -> ParsedFile {
             return out;
         }
     };
+    let lines = LineIndex::new(text);
     let mut rules_ok = true;
     for (key, value) in &top {
-        let line = Some(line_of(text, key.span().start));
+        let line = Some(lines.line(key.span().start));
         if key.get_ref() != "rule" {
             out.errors.push(RuleError::in_file(
                 file,
@@ -847,9 +866,9 @@ fn parse_text(file: &Path, text: &str) -> ParsedFile {
         }
     };
     for table in &tables {
-        let rule_line = Some(line_of(text, table.span().start));
+        let rule_line = Some(lines.line(table.span().start));
         let (spec, field_lines, invalid, mut errors) =
-            spec_from_table(file, text, rule_line, table.get_ref());
+            spec_from_table(file, &lines, rule_line, table.get_ref());
         if let Some(id) = spec.id.as_deref().filter(|id| id_problem(id).is_none()) {
             let id_line = field_lines.get("id").copied().or(rule_line);
             out.ids.push((id.to_string(), id_line));
@@ -869,7 +888,7 @@ fn parse_text(file: &Path, text: &str) -> ParsedFile {
 /// spec, each field's line, the fields that were present but unusable, and the errors.
 fn spec_from_table(
     file: &Path,
-    text: &str,
+    line_index: &LineIndex,
     rule_line: Option<usize>,
     table: &SpannedTable,
 ) -> (
@@ -889,7 +908,7 @@ fn spec_from_table(
         .map(str::to_string);
     for (key, value) in table {
         let field = key.get_ref().as_str();
-        let line = line_of(text, key.span().start);
+        let line = line_index.line(key.span().start);
         lines.insert(field.to_string(), line);
         let v = value.get_ref();
         let result = match field {
