@@ -87,6 +87,11 @@ impl Rewriter {
         self.sessions.values().map(Session::held).sum()
     }
 
+    /// Characters of model text currently held back.
+    pub fn held_chars(&self) -> usize {
+        self.sessions.values().map(Session::held_chars).sum()
+    }
+
     /// Takes upstream bytes; returns the bytes to send the client now.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len() + 64);
@@ -689,6 +694,89 @@ mod tests {
         let out = run(&mut rewriter, &pieces, Some("rm -rf"));
         assert!(out.contains("\"finish_reason\":\"content_filter\""));
         assert!(out.ends_with("data: [DONE]\n\n"));
+        insta::assert_snapshot!(out);
+    }
+
+    /// Every kind at once (and a shadow rule), through both streaming protocols.
+    fn every_kind() -> Arc<Compiled> {
+        let mut shadow = replace("shadow-plan", "plan", "PLAN");
+        shadow.mode = crate::rules::Mode::Shadow;
+        compiled(vec![
+            rule(
+                "aws",
+                Action::Redact {
+                    detector: Some(crate::rules::Detector::AwsAccessKey),
+                    pattern: None,
+                    mask: "[AWS]".into(),
+                    max_len: crate::rules::Detector::AwsAccessKey.max_len(),
+                },
+            ),
+            replace("no-conf", "confidential", "[redacted]"),
+            rule(
+                "versions",
+                Action::Regex {
+                    pattern: r"v(\d)\.(\d)".into(),
+                    replace: "version $1.$2".into(),
+                    max_len: 16,
+                },
+            ),
+            shadow,
+            rule(
+                "no-rm",
+                Action::Block {
+                    find: Some("rm -rf".into()),
+                    pattern: None,
+                    case_insensitive: false,
+                    message: "[blocked]".into(),
+                    max_len: 6,
+                },
+            ),
+        ])
+    }
+
+    const EVERY_KIND_TOKENS: [&str; 9] = [
+        "Use v1",
+        ".2 with key AKIAIOS",
+        "FODNN7EXAMPLE; the ",
+        "confid",
+        "ential plan",
+        " is ready. ",
+        "Then rm ",
+        "-rf /tmp",
+        " and more",
+    ];
+
+    #[test]
+    fn every_kind_ndjson() {
+        let pieces: Vec<String> = EVERY_KIND_TOKENS.iter().map(|t| gen_line(t)).collect();
+        let mut rewriter = Rewriter::new(every_kind(), Endpoint::Generate, Format::Ndjson);
+        let out = run(&mut rewriter, &pieces, Some("AKIA"));
+        let hits: Vec<String> = rewriter
+            .take_hits()
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} shadow={} {:?} -> {:?}",
+                    h.rule_id, h.shadow, h.detected, h.corrected
+                )
+            })
+            .collect();
+        insta::assert_snapshot!(format!("{out}\n{}", hits.join("\n")));
+    }
+
+    #[test]
+    fn every_kind_sse() {
+        let pieces: Vec<String> = EVERY_KIND_TOKENS
+            .iter()
+            .map(|t| {
+                format!(
+                    "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
+                    serde_json::to_string(t).unwrap()
+                )
+            })
+            .collect();
+        let mut rewriter = Rewriter::new(every_kind(), Endpoint::OpenaiChat, Format::Sse);
+        let out = run(&mut rewriter, &pieces, Some("AKIA"));
         insta::assert_snapshot!(out);
     }
 

@@ -368,6 +368,11 @@ impl Session {
         self.stages.iter().map(StageStream::held).sum()
     }
 
+    /// Characters currently held back across all stages.
+    pub fn held_chars(&self) -> usize {
+        self.stages.iter().map(StageStream::held_chars).sum()
+    }
+
     /// Corrections decided since the last call.
     pub fn take_hits(&mut self) -> Vec<Hit> {
         std::mem::take(&mut self.hits)

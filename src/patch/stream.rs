@@ -68,6 +68,15 @@ impl StageStream {
         }
     }
 
+    /// Characters held back (undecided).
+    pub fn held_chars(&self) -> usize {
+        if self.shadow {
+            0
+        } else {
+            self.buf[self.start..].chars().count()
+        }
+    }
+
     /// The rule that blocked the stream, if one did.
     pub fn blocked(&self) -> Option<usize> {
         self.blocked

@@ -1,0 +1,109 @@
+//! How much model text the rule pipeline holds back while streaming real model output.
+//!
+//! Replays recorded Ollama `/api/generate` NDJSON streams (`tests/fixtures/recorded/*.ndjson`,
+//! real output of Gemma 3 270M, see that folder's README) line by line through the
+//! re-framer with the default rule pack plus a set of typical replace/regex rules, and reports
+//! the median and p99 number of characters held back after each line, and how many lines a
+//! held character waited. `cargo bench --bench held_back`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // bench code
+
+use std::path::Path;
+
+use rawrxd::patch::Pipeline;
+use rawrxd::rewrite::{Format, Rewriter};
+use rawrxd::rules::{load_dir, parse_file, Endpoint};
+
+const EXTRA_RULES: &str = r#"
+[[rule]]
+id = "no-confidential"
+kind = "replace"
+find = "confidential"
+replace = "[redacted]"
+
+[[rule]]
+id = "as-an-ai"
+kind = "replace"
+find = "As an AI language model"
+replace = "I"
+case_insensitive = true
+
+[[rule]]
+id = "mian"
+kind = "replace"
+find = "src/mian.rs"
+replace = "src/main.rs"
+
+[[rule]]
+id = "rm-rf"
+kind = "block"
+find = "rm -rf /"
+message = "[blocked]"
+
+[[rule]]
+id = "versions"
+kind = "regex"
+pattern = '\bv(\d{1,3})\.(\d{1,3})\b'
+replace = "version $1.$2"
+max_len = 16
+"#;
+
+fn percentile(sorted: &[usize], p: f64) -> usize {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank]
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut rules = load_dir(&root.join("rules")).expect("default pack");
+    rules.extend(parse_file(Path::new("extra.toml"), EXTRA_RULES).expect("extra rules"));
+    let rule_count = rules.len();
+    let pipeline = Pipeline::new(rules).expect("compiles");
+    let compiled = pipeline
+        .select("gemma3:270m", Some(Endpoint::Generate))
+        .expect("rules apply");
+
+    let dir = root.join("tests/fixtures/recorded");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "ndjson"));
+    files.sort();
+    if files.is_empty() {
+        println!("no recordings in {}", dir.display());
+        return;
+    }
+    let mut held_after_line = Vec::new();
+    let (mut lines_total, mut chars_total, mut held_lines) = (0usize, 0usize, 0usize);
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut rewriter = Rewriter::new(compiled.clone(), Endpoint::Generate, Format::Ndjson);
+        for line in text.split_inclusive('\n') {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            chars_total += value["response"].as_str().unwrap_or("").chars().count();
+            rewriter.feed(line.as_bytes());
+            let held = rewriter.held_chars();
+            held_after_line.push(held);
+            if held > 0 {
+                held_lines += 1;
+            }
+            lines_total += 1;
+        }
+        rewriter.finish();
+    }
+    held_after_line.sort_unstable();
+    println!("held_back: {} recordings, {lines_total} token lines, {chars_total} characters of model text, {rule_count} rules", files.len());
+    println!(
+        "held_back: characters held after each line: median {}, p99 {}, max {}",
+        percentile(&held_after_line, 0.5),
+        percentile(&held_after_line, 0.99),
+        held_after_line.last().copied().unwrap_or(0)
+    );
+    println!(
+        "held_back: lines with anything held: {held_lines} of {lines_total} ({:.1}%)",
+        100.0 * held_lines as f64 / lines_total.max(1) as f64
+    );
+}
