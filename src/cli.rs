@@ -28,6 +28,42 @@ pub struct Cli {
 pub enum Command {
     /// Run the reverse proxy in front of an Ollama-compatible server.
     Proxy(ProxyArgs),
+    /// Check rule files, or try rules on a text, without a server.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validate rule files; prints every problem and exits non-zero if there is one.
+    Check {
+        /// Rule files to check; without any, every *.toml in --rules
+        files: Vec<PathBuf>,
+        /// Rule directory [default: rules]
+        #[arg(long, value_name = "DIR", default_value = "rules")]
+        rules: PathBuf,
+    },
+    /// Apply the rules to a text and show the result and which rules fired.
+    Test {
+        /// The text, or a path to a file holding it
+        #[arg(long, value_name = "TEXT|FILE")]
+        input: String,
+        /// Rule directory [default: rules]
+        #[arg(long, value_name = "DIR", default_value = "rules")]
+        rules: PathBuf,
+        /// Model name the rules are selected for
+        #[arg(long, value_name = "NAME", default_value = "")]
+        model: String,
+        /// Endpoint the rules are selected for: generate, chat, openai_chat, openai_completions
+        #[arg(long, value_name = "ENDPOINT", default_value = "generate")]
+        endpoint: String,
+    },
+    /// List the rules in a directory.
+    List {
+        /// Rule directory [default: rules]
+        #[arg(long, value_name = "DIR", default_value = "rules")]
+        rules: PathBuf,
+    },
 }
 
 /// Flags of `rawrxd proxy`; each maps to a `[proxy]` key of rawrxd.toml and to a
@@ -147,7 +183,9 @@ mod tests {
             "1KiB",
         ])
         .unwrap();
-        let Command::Proxy(args) = cli.command;
+        let Command::Proxy(args) = cli.command else {
+            panic!("parsed as another command");
+        };
         let overrides = args.overrides();
         assert_eq!(overrides.listen.as_deref(), Some("127.0.0.1:9"));
         assert_eq!(overrides.max_body.as_deref(), Some("1KiB"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use rawrxd::cli::{Cli, Command, ProxyArgs};
+use rawrxd::cli::{Cli, Command, ProxyArgs, RulesCommand};
 use rawrxd::live::Live;
 use rawrxd::{config, server, shutdown, telemetry, ProxyState};
 
@@ -16,11 +16,38 @@ fn main() -> ExitCode {
     telemetry::init();
     let result = match cli.command {
         Command::Proxy(args) => proxy(args),
+        Command::Rules(command) => return rules(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rawrxd rules …`: prints the report; exit 1 when it is an error.
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the binary's own output
+fn rules(command: RulesCommand) -> ExitCode {
+    use rawrxd::commands;
+    let report = match command {
+        RulesCommand::Check { files, rules } => commands::check(&files, &rules),
+        RulesCommand::List { rules } => commands::list(&rules),
+        RulesCommand::Test {
+            input,
+            rules,
+            model,
+            endpoint,
+        } => commands::test(&input, &rules, &model, &endpoint),
+    };
+    match report {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(text) => {
+            eprintln!("{text}");
             ExitCode::FAILURE
         }
     }
