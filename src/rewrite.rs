@@ -207,6 +207,13 @@ impl Rewriter {
             out.extend_from_slice(line);
             return;
         };
+        if chunk.contains_key("error") {
+            // The stream is failing: release what is held first, then the error line last.
+            self.flush_open_sessions(out);
+            out.extend_from_slice(line);
+            self.finished = true;
+            return;
+        }
         let done = chunk.get("done") == Some(&Value::Bool(true));
         let mut changed = false;
         let mut blocked = None;
@@ -620,6 +627,20 @@ mod tests {
         assert_eq!(last["response"], "confid", "released into the final line");
         assert_eq!(last["done"], true);
         assert_eq!(last["eval_count"], 5);
+    }
+
+    #[test]
+    fn held_text_is_released_before_an_error_line() {
+        let pieces = [
+            gen_line("it is confid"),
+            "{\"error\":\"model crashed\"}\n".to_string(),
+        ];
+        let mut rewriter = Rewriter::new(no_confidential(), Endpoint::Generate, Format::Ndjson);
+        let out = run(&mut rewriter, &pieces, None);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[1].contains("\"response\":\"confid\""), "{out}");
+        assert_eq!(lines[2], "{\"error\":\"model crashed\"}");
     }
 
     #[test]
