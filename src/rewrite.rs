@@ -19,6 +19,7 @@
 //! followed by `data: [DONE]`; whole JSON: the text field holds the message, with `done_reason`
 //! `"stop"` / `finish_reason` `"content_filter"`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -47,8 +48,10 @@ pub struct Rewriter {
     finished: bool,
     blocked: bool,
     hits: Vec<Hit>,
-    /// The last JSON chunk seen, as a template for a chunk the proxy has to add.
+    /// The last JSON chunk seen, as a template for a chunk the proxy has to add (parsed, or
+    /// the raw bytes of an NDJSON line that passed unchanged).
     last_chunk: Option<Map<String, Value>>,
+    last_line: Vec<u8>,
 }
 
 impl Rewriter {
@@ -63,6 +66,7 @@ impl Rewriter {
             blocked: false,
             hits: Vec::new(),
             last_chunk: None,
+            last_line: Vec::new(),
         }
     }
 
@@ -155,7 +159,7 @@ impl Rewriter {
             if text.is_empty() {
                 continue;
             }
-            let mut chunk = self.last_chunk.clone().unwrap_or_default();
+            let mut chunk = self.template();
             match self.format {
                 Format::Ndjson => {
                     set_ndjson_text(&mut chunk, self.endpoint, key.1, text);
@@ -169,6 +173,17 @@ impl Rewriter {
                 }
             }
         }
+    }
+
+    /// A copy of the most recent chunk, to shape a chunk the proxy adds.
+    fn template(&mut self) -> Map<String, Value> {
+        if !self.last_line.is_empty() {
+            if let Ok(Value::Object(chunk)) = serde_json::from_slice(&self.last_line) {
+                self.last_chunk = Some(chunk);
+            }
+            self.last_line.clear();
+        }
+        self.last_chunk.clone().unwrap_or_default()
     }
 
     fn session(&mut self, key: FieldKey) -> &mut Session {
@@ -203,27 +218,29 @@ impl Rewriter {
 
     fn ndjson_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
         let body = trim_newline(line);
-        let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(body) else {
+        // Most lines are one token no rule touches: read the text fields borrowed, and build
+        // a JSON tree only for a line that has to change.
+        let Ok(peek) = serde_json::from_slice::<Peek>(body) else {
             out.extend_from_slice(line);
             return;
         };
-        if chunk.contains_key("error") {
+        if peek.error.is_some() {
             // The stream is failing: release what is held first, then the error line last.
             self.flush_open_sessions(out);
             out.extend_from_slice(line);
             self.finished = true;
             return;
         }
-        let done = chunk.get("done") == Some(&Value::Bool(true));
-        let mut changed = false;
+        let done = peek.done == Some(true);
+        let texts = peek.texts(self.endpoint);
+        let mut edits: Vec<(&'static str, String)> = Vec::new();
         let mut blocked = None;
-        for field in ndjson_fields(self.endpoint) {
+        for (field, text) in ndjson_fields(self.endpoint).into_iter().zip(texts) {
             let key = (0, field);
-            let text = get_ndjson_text(&chunk, self.endpoint, field).map(str::to_string);
             let (new, block) = match text {
                 Some(text) => {
                     let (new, block) = self.patch_field(key, &text, done);
-                    if new == text {
+                    if new == *text && block.is_none() {
                         continue;
                     }
                     (new, block)
@@ -231,19 +248,34 @@ impl Rewriter {
                 // The field is absent here but text of it is held: flush it on the last line.
                 None if done && self.sessions.contains_key(&key) => {
                     let (new, block) = self.patch_field(key, "", true);
-                    if new.is_empty() {
+                    if new.is_empty() && block.is_none() {
                         continue;
                     }
                     (new, block)
                 }
                 None => continue,
             };
-            set_ndjson_text(&mut chunk, self.endpoint, field, new);
-            changed = true;
+            edits.push((field, new));
             if block.is_some() {
                 blocked = block;
                 break;
             }
+        }
+        if done {
+            self.finished = true;
+        }
+        if edits.is_empty() {
+            out.extend_from_slice(line);
+            self.last_line = body.to_vec();
+            return;
+        }
+        let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(body) else {
+            // Cannot happen: the line parsed as an object above.
+            out.extend_from_slice(line);
+            return;
+        };
+        for (field, new) in edits {
+            set_ndjson_text(&mut chunk, self.endpoint, field, new);
         }
         if blocked.is_some() {
             chunk.insert("done".into(), Value::Bool(true));
@@ -257,14 +289,7 @@ impl Rewriter {
             self.finished = true;
             self.blocked = true;
         }
-        if done {
-            self.finished = true;
-        }
-        if changed {
-            write_line(&chunk, out);
-        } else {
-            out.extend_from_slice(line);
-        }
+        write_line(&chunk, out);
         self.last_chunk = Some(chunk);
     }
 
@@ -423,6 +448,42 @@ pub fn rewrite_json(
     serde_json::to_vec(&Value::Object(root))
         .ok()
         .map(|bytes| (bytes, hits))
+}
+
+/// The fields of an NDJSON line the rewriter needs, borrowed from the line.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    response: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    message: Option<PeekMessage<'a>>,
+    #[serde(default)]
+    done: Option<bool>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekMessage<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+}
+
+impl<'a> Peek<'a> {
+    /// The texts of [`ndjson_fields`], in that order.
+    fn texts(self, endpoint: Endpoint) -> [Option<Cow<'a, str>>; 2] {
+        match endpoint {
+            Endpoint::Generate => [self.response, self.thinking],
+            _ => match self.message {
+                Some(message) => [message.content, message.thinking],
+                None => [None, None],
+            },
+        }
+    }
 }
 
 fn ndjson_fields(endpoint: Endpoint) -> [&'static str; 2] {
