@@ -17,7 +17,7 @@
 //! (a Unicode word boundary meeting non-ASCII text), a position stays undecided until its whole
 //! window (plus one byte of look-ahead) is visible, which is always exact.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aho_corasick::automaton::Automaton;
 use aho_corasick::{AhoCorasick, Anchored as AcAnchored, MatchKind, StartKind};
@@ -51,6 +51,9 @@ pub trait Matcher: Send + Sync {
 
     fn scratch(&self) -> Scratch;
 
+    /// Takes back a scratch space a stream is done with, for the next stream to reuse.
+    fn recycle(&self, _scratch: Scratch) {}
+
     /// The longest match possible, in bytes: a position further than this (plus one byte of
     /// look-ahead) from the end of the text can no longer start a match.
     fn window(&self) -> usize;
@@ -65,9 +68,15 @@ pub struct RegexMatcher {
     /// `$1`-style template (regex rules) or fixed text (masks, block messages).
     rewrite: Rewrite,
     dfa: Option<Arc<DFA>>,
+    /// Lazy-DFA caches of finished streams: building one costs tens of µs, and every
+    /// request would otherwise build one per regex rule.
+    caches: Mutex<Vec<Box<Cache>>>,
     window: Window,
     rule: usize,
 }
+
+/// Caches kept per regex for reuse; more concurrent streams than this build their own.
+const KEPT_CACHES: usize = 64;
 
 /// How far a regex match can reach from its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +142,7 @@ impl RegexMatcher {
             regex,
             rewrite,
             dfa,
+            caches: Mutex::new(Vec::new()),
             window,
             rule,
         })
@@ -201,9 +211,20 @@ impl Matcher for RegexMatcher {
     }
 
     fn scratch(&self) -> Scratch {
-        match &self.dfa {
-            Some(dfa) => Scratch::Lazy(Box::new(dfa.create_cache())),
-            None => Scratch::None,
+        let Some(dfa) = &self.dfa else {
+            return Scratch::None;
+        };
+        let kept = self.caches.lock().ok().and_then(|mut caches| caches.pop());
+        Scratch::Lazy(kept.unwrap_or_else(|| Box::new(dfa.create_cache())))
+    }
+
+    fn recycle(&self, scratch: Scratch) {
+        if let Scratch::Lazy(cache) = scratch {
+            if let Ok(mut caches) = self.caches.lock() {
+                if caches.len() < KEPT_CACHES {
+                    caches.push(cache);
+                }
+            }
         }
     }
 

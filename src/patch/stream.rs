@@ -30,6 +30,13 @@ pub struct Decided {
     pub corrected: String,
 }
 
+impl Drop for StageStream {
+    fn drop(&mut self) {
+        let scratch = std::mem::replace(&mut self.scratch, Scratch::None);
+        self.matcher.recycle(scratch);
+    }
+}
+
 /// The per-stream state of one stage.
 pub struct StageStream {
     matcher: Arc<dyn Matcher>,
