@@ -70,7 +70,7 @@ pub struct RegexMatcher {
     dfa: Option<Arc<DFA>>,
     /// Lazy-DFA caches of finished streams: building one costs tens of µs, and every
     /// request would otherwise build one per regex rule.
-    caches: Mutex<Vec<Box<Cache>>>,
+    caches: Mutex<Vec<Cache>>,
     window: Window,
     rule: usize,
 }
@@ -215,14 +215,14 @@ impl Matcher for RegexMatcher {
             return Scratch::None;
         };
         let kept = self.caches.lock().ok().and_then(|mut caches| caches.pop());
-        Scratch::Lazy(kept.unwrap_or_else(|| Box::new(dfa.create_cache())))
+        Scratch::Lazy(Box::new(kept.unwrap_or_else(|| dfa.create_cache())))
     }
 
     fn recycle(&self, scratch: Scratch) {
         if let Scratch::Lazy(cache) = scratch {
             if let Ok(mut caches) = self.caches.lock() {
                 if caches.len() < KEPT_CACHES {
-                    caches.push(cache);
+                    caches.push(*cache);
                 }
             }
         }
