@@ -70,7 +70,16 @@ pub struct Pipeline {
     /// Per rule index: its regex matcher, for `regex`, `redact` and pattern `block` rules.
     regexes: Vec<Option<Arc<RegexMatcher>>>,
     cache: Mutex<HashMap<Vec<bool>, Arc<Compiled>>>,
+    /// (model, endpoint) → its stages: matching every rule's globs on each request would cost
+    /// more than the patching itself with thousands of rules.
+    by_request: Mutex<HashMap<RequestKey, Option<Arc<Compiled>>>>,
 }
+
+/// A request's model name and endpoint.
+type RequestKey = (String, Option<Endpoint>);
+
+/// Distinct (model, endpoint) pairs remembered before the memo starts over.
+const MAX_REMEMBERED_REQUESTS: usize = 1024;
 
 fn is_response_side(kind: Kind) -> bool {
     matches!(
@@ -86,6 +95,7 @@ impl Pipeline {
             table: Arc::new(RuleTable::default()),
             regexes: Vec::new(),
             cache: Mutex::new(HashMap::new()),
+            by_request: Mutex::new(HashMap::new()),
         }
     }
 
@@ -157,6 +167,7 @@ impl Pipeline {
             table: Arc::new(RuleTable { rules, counters }),
             regexes,
             cache: Mutex::new(HashMap::new()),
+            by_request: Mutex::new(HashMap::new()),
         };
         // Build the set where every rule applies, to surface automaton errors now.
         let all: Vec<bool> = pipeline.table.rules.iter().map(|r| r.enabled).collect();
@@ -187,6 +198,26 @@ impl Pipeline {
 
     /// The compiled stages for a request, or `None` when no response-side rule applies.
     pub fn select(&self, model: &str, endpoint: Option<Endpoint>) -> Option<Arc<Compiled>> {
+        let key = (model.to_string(), endpoint);
+        if let Some(known) = self
+            .by_request
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return known;
+        }
+        let selected = self.select_uncached(model, endpoint);
+        if let Ok(mut memo) = self.by_request.lock() {
+            if memo.len() >= MAX_REMEMBERED_REQUESTS {
+                memo.clear();
+            }
+            memo.insert(key, selected.clone());
+        }
+        selected
+    }
+
+    fn select_uncached(&self, model: &str, endpoint: Option<Endpoint>) -> Option<Arc<Compiled>> {
         let active: Vec<bool> = self
             .table
             .rules
