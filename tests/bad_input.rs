@@ -189,7 +189,6 @@ async fn a_thousand_concurrent_connections() {
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_instead_of_failing() {
     let lines = [token_line(0), token_line(1)];
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(150))).await;
     let proxy = TestProxy::start_with(&upstream.url(), |c| c.max_connections = 2).await;
     let mut clients = Vec::new();

@@ -90,7 +90,6 @@ fn sigterm(child: &Child) {
 #[tokio::test]
 async fn binary_streams_logs_each_request_and_drains_on_sigterm() {
     let lines: Vec<String> = (0..4).map(token_line).collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(150))).await;
     let mut proxy = spawn_proxy(&["--upstream", &upstream.url()]);
     let addr = proxy.addr;
@@ -250,7 +249,6 @@ async fn binary_applies_rule_files_across_chunk_boundaries() {
         )
     };
     let lines = [line("confid", false), line("ential", false), line("", true)];
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(100))).await;
     let proxy = spawn_proxy(&[
         "--upstream",

@@ -50,7 +50,6 @@ fn assert_incremental(seen: &Seen, expected_lines: usize) {
 #[tokio::test]
 async fn ndjson_stream_arrives_line_by_line_and_byte_identical() {
     let lines: Vec<String> = (0..5).map(token_line).collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, LINE_GAP)).await;
     let proxy = TestProxy::start(&upstream.url()).await;
     let body = br#"{"model":"m","prompt":"hi"}"#;
@@ -271,7 +270,6 @@ async fn ndjson_death_mid_stream_ends_with_an_inband_error_line() {
         format!("{}\n", token_line(0)),
         format!("{}\n", token_line(1)),
     ];
-    let whole: Vec<&str> = whole.iter().map(String::as_str).collect();
     let script = Script::dies_mid_stream("application/x-ndjson", &whole, r#"{"model":"m","resp"#);
     let upstream = Upstream::start(script).await;
     let proxy = TestProxy::start(&upstream.url()).await;
@@ -351,7 +349,6 @@ async fn opaque_death_mid_stream_is_a_cut_stream_not_a_clean_end() {
 #[tokio::test]
 async fn client_disconnect_reaches_the_upstream_within_100ms() {
     let lines: Vec<String> = (0..200).map(token_line).collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(20))).await;
     let proxy = TestProxy::start(&upstream.url()).await;
 
@@ -452,7 +449,6 @@ async fn health_reports_whether_the_upstream_answers() {
 #[tokio::test]
 async fn graceful_shutdown_lets_running_streams_finish() {
     let lines: Vec<String> = (0..5).map(token_line).collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, LINE_GAP)).await;
     let mut proxy = TestProxy::start(&upstream.url()).await;
     let addr = proxy.addr;
@@ -480,7 +476,6 @@ async fn graceful_shutdown_lets_running_streams_finish() {
 #[tokio::test]
 async fn shutdown_gives_up_after_the_grace_period() {
     let lines: Vec<String> = (0..50).map(token_line).collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, LINE_GAP)).await;
     let mut proxy =
         TestProxy::start_with(&upstream.url(), |c| c.shutdown_grace = "200ms".into()).await;

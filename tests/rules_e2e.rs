@@ -58,7 +58,6 @@ async fn straddling_match_never_reaches_the_client() {
         gen_line("ential report", false),
         gen_line("", true),
     ];
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(50))).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
     let body = br#"{"model":"gemma3:270m","prompt":"x"}"#;
@@ -89,7 +88,6 @@ async fn straddling_match_never_reaches_the_client() {
 #[tokio::test]
 async fn model_globs_select_rules() {
     let lines = [gen_line("a report", false), gen_line("", true)];
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::ZERO)).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
     let body = br#"{"model":"llama3.2","prompt":"x"}"#;
@@ -108,7 +106,6 @@ async fn block_ends_the_stream_and_the_upstream_request() {
         .map(|t| gen_line(t, false))
         .chain((0..50).map(|i| gen_line(&format!(" {i}"), false)))
         .collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(20))).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
     let seen = send(

@@ -64,10 +64,10 @@ impl Script {
     }
 
     /// An Ollama-style NDJSON stream, one line per chunk, `delay` before each line.
-    pub fn ndjson(lines: &[&str], delay: Duration) -> Self {
+    pub fn ndjson(lines: &[impl AsRef<str>], delay: Duration) -> Self {
         let mut script = Self::chunked_head("application/x-ndjson");
         for line in lines {
-            script = script.sleep(delay).chunk(format!("{line}\n"));
+            script = script.sleep(delay).chunk(format!("{}\n", line.as_ref()));
         }
         script.write("0\r\n\r\n")
     }
@@ -82,10 +82,10 @@ impl Script {
     }
 
     /// A stream that dies: the given whole lines, then half a line, then the socket closes.
-    pub fn dies_mid_stream(content_type: &str, whole: &[&str], partial: &str) -> Self {
+    pub fn dies_mid_stream(content_type: &str, whole: &[impl AsRef<str>], partial: &str) -> Self {
         let mut script = Self::chunked_head(content_type);
         for piece in whole {
-            script = script.chunk(piece);
+            script = script.chunk(piece.as_ref());
         }
         script
             .chunk(partial)
