@@ -202,3 +202,49 @@ async fn other_endpoints_and_errors_pass_through_untouched() {
     assert_eq!(seen.status, 404);
     assert_eq!(seen.body(), error);
 }
+
+#[tokio::test]
+async fn a_stream_keeps_the_rules_it_started_with() {
+    let lines: Vec<String> = ["one secret", " two secret", " three secret"]
+        .iter()
+        .map(|t| gen_line(t, false))
+        .chain([gen_line("", true)])
+        .collect();
+    let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(150))).await;
+    let old = "[[rule]]\nid = \"old\"\nkind = \"replace\"\nfind = \"secret\"\nreplace = \"OLD\"\n";
+    let proxy = TestProxy::with_rules(&upstream.url(), old).await;
+    let addr = proxy.addr;
+    let running = tokio::spawn(async move {
+        send(
+            addr,
+            request("POST", addr, "/api/generate", br#"{"model":"m"}"#),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Swap in new rules while the first stream is still running.
+    let new = "[[rule]]\nid = \"new\"\nkind = \"replace\"\nfind = \"secret\"\nreplace = \"NEW\"\n";
+    let rules = rawrxd::rules::parse_file(std::path::Path::new("new.toml"), new).unwrap();
+    let old_live = proxy.state.live.load_full();
+    proxy.state.live.store(std::sync::Arc::new(
+        rawrxd::live::Live::build(rules).unwrap(),
+    ));
+
+    let fresh = send(
+        proxy.addr,
+        request("POST", proxy.addr, "/api/generate", br#"{"model":"m"}"#),
+    )
+    .await;
+    assert_eq!(ndjson_text(&fresh.text()), "one NEW two NEW three NEW");
+    let first = running.await.unwrap();
+    assert_eq!(ndjson_text(&first.text()), "one OLD two OLD three OLD");
+
+    // Per-rule counters saw each correction.
+    let counters = &old_live.pipeline.table().counters[0];
+    assert_eq!(
+        counters.applied.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    assert_eq!(counters.hits.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
