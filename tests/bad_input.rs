@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// After each bad client, a good request must still work.
 async fn still_serving(proxy: &TestProxy) {
-    let seen = send(proxy.addr, request("GET", proxy.addr, "/api/tags", b"")).await;
+    let seen = call(proxy.addr, "GET", "/api/tags", b"").await;
     assert_eq!(seen.status, 200, "proxy stopped serving");
 }
 

@@ -94,15 +94,8 @@ async fn binary_streams_logs_each_request_and_drains_on_sigterm() {
     let mut proxy = spawn_proxy(&["--upstream", &upstream.url()]);
     let addr = proxy.addr;
 
-    let direct = send(
-        upstream.addr,
-        request("POST", upstream.addr, "/api/generate", b"{}"),
-    )
-    .await;
-    let stream =
-        tokio::spawn(
-            async move { send(addr, request("POST", addr, "/api/generate", b"{}")).await },
-        );
+    let direct = call(upstream.addr, "POST", "/api/generate", b"{}").await;
+    let stream = tokio::spawn(async move { call(addr, "POST", "/api/generate", b"{}").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     sigterm(&proxy.child);
     let seen = stream.await.unwrap();
@@ -139,11 +132,7 @@ async fn binary_streams_logs_each_request_and_drains_on_sigterm() {
 async fn binary_health_answers() {
     let upstream = Upstream::start(Script::status(200, "text/plain", b"Ollama is running")).await;
     let proxy = spawn_proxy(&["--upstream", &upstream.url()]);
-    let seen = send(
-        proxy.addr,
-        request("GET", proxy.addr, "/rawrxd/health", b""),
-    )
-    .await;
+    let seen = call(proxy.addr, "GET", "/rawrxd/health", b"").await;
     assert_eq!(seen.status, 200);
     assert_eq!(seen.json()["upstream"]["reachable"], true);
 }
@@ -256,11 +245,7 @@ async fn binary_applies_rule_files_across_chunk_boundaries() {
         "--rules",
         rules.to_str().unwrap(),
     ]);
-    let seen = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", br#"{"model":"m"}"#),
-    )
-    .await;
+    let seen = call(proxy.addr, "POST", "/api/generate", br#"{"model":"m"}"#).await;
     assert_eq!(seen.status, 200);
     let mut so_far = String::new();
     for (_, frame) in &seen.frames {

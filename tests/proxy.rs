@@ -54,16 +54,8 @@ async fn ndjson_stream_arrives_line_by_line_and_byte_identical() {
     let proxy = TestProxy::start(&upstream.url()).await;
     let body = br#"{"model":"m","prompt":"hi"}"#;
 
-    let direct = send(
-        upstream.addr,
-        request("POST", upstream.addr, "/api/generate", body),
-    )
-    .await;
-    let proxied = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", body),
-    )
-    .await;
+    let direct = call(upstream.addr, "POST", "/api/generate", body).await;
+    let proxied = call(proxy.addr, "POST", "/api/generate", body).await;
 
     assert_same_response(&direct, &proxied);
     assert_eq!(proxied.text().lines().count(), 5);
@@ -82,16 +74,8 @@ async fn sse_stream_arrives_event_by_event_and_byte_identical() {
     let proxy = TestProxy::start(&upstream.url()).await;
     let body = br#"{"model":"m","stream":true,"messages":[]}"#;
 
-    let direct = send(
-        upstream.addr,
-        request("POST", upstream.addr, "/v1/chat/completions", body),
-    )
-    .await;
-    let proxied = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/v1/chat/completions", body),
-    )
-    .await;
+    let direct = call(upstream.addr, "POST", "/v1/chat/completions", body).await;
+    let proxied = call(proxy.addr, "POST", "/v1/chat/completions", body).await;
 
     assert_same_response(&direct, &proxied);
     assert!(proxied.text().ends_with("data: [DONE]\n\n"));
@@ -149,7 +133,7 @@ async fn large_request_body_streams_to_the_upstream_intact() {
     let upstream = Upstream::start(Script::status(200, "application/json", b"{}")).await;
     let proxy = TestProxy::start(&upstream.url()).await;
     let body = pattern(20 << 20);
-    let seen = send(proxy.addr, request("POST", proxy.addr, "/api/chat", &body)).await;
+    let seen = call(proxy.addr, "POST", "/api/chat", &body).await;
     assert_eq!(seen.status, 200);
     let got = upstream.last();
     assert_eq!(got.body.len(), body.len());
@@ -166,16 +150,8 @@ async fn error_statuses_pass_through_unchanged() {
     ))
     .await;
     let proxy = TestProxy::start(&upstream.url()).await;
-    let direct = send(
-        upstream.addr,
-        request("POST", upstream.addr, "/api/generate", b"{}"),
-    )
-    .await;
-    let proxied = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", b"{}"),
-    )
-    .await;
+    let direct = call(upstream.addr, "POST", "/api/generate", b"{}").await;
+    let proxied = call(proxy.addr, "POST", "/api/generate", b"{}").await;
     assert_same_response(&direct, &proxied);
     assert_eq!(proxied.status, 404);
     assert_eq!(proxied.body(), answer);
@@ -186,12 +162,8 @@ async fn huge_response_body_is_byte_identical() {
     let size = 64 << 20;
     let upstream = Upstream::start(Script::huge(size)).await;
     let proxy = TestProxy::start(&upstream.url()).await;
-    let direct = send(
-        upstream.addr,
-        request("GET", upstream.addr, "/api/blob", b""),
-    )
-    .await;
-    let proxied = send(proxy.addr, request("GET", proxy.addr, "/api/blob", b"")).await;
+    let direct = call(upstream.addr, "GET", "/api/blob", b"").await;
+    let proxied = call(proxy.addr, "GET", "/api/blob", b"").await;
     assert_same_response(&direct, &proxied);
     assert_eq!(proxied.body().len(), size);
     assert!(
@@ -208,7 +180,7 @@ async fn head_requests_keep_the_upstream_length() {
     )
     .await;
     let proxy = TestProxy::start(&upstream.url()).await;
-    let seen = send(proxy.addr, request("HEAD", proxy.addr, "/", b"")).await;
+    let seen = call(proxy.addr, "HEAD", "/", b"").await;
     assert_eq!(seen.status, 200);
     assert_eq!(seen.header("content-length"), Some("17"));
     assert!(seen.body().is_empty());
@@ -220,11 +192,7 @@ async fn stalled_upstream_gives_504_in_the_clients_api_shape() {
     let proxy = TestProxy::start_with(&upstream.url(), |c| c.header_timeout = "300ms".into()).await;
 
     let started = Instant::now();
-    let ollama = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", b"{}"),
-    )
-    .await;
+    let ollama = call(proxy.addr, "POST", "/api/generate", b"{}").await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(ollama.status, 504);
     let error = ollama.json()["error"].as_str().unwrap().to_string();
@@ -233,11 +201,7 @@ async fn stalled_upstream_gives_504_in_the_clients_api_shape() {
         "{error}"
     );
 
-    let openai = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/v1/chat/completions", b"{}"),
-    )
-    .await;
+    let openai = call(proxy.addr, "POST", "/v1/chat/completions", b"{}").await;
     assert_eq!(openai.status, 504);
     let json = openai.json();
     assert!(json["error"]["message"].as_str().unwrap().contains("300ms"));
@@ -253,13 +217,13 @@ async fn unreachable_upstream_gives_502() {
         .unwrap()
         .port();
     let proxy = TestProxy::start(&format!("http://127.0.0.1:{port}")).await;
-    let seen = send(proxy.addr, request("POST", proxy.addr, "/api/chat", b"{}")).await;
+    let seen = call(proxy.addr, "POST", "/api/chat", b"{}").await;
     assert_eq!(seen.status, 502);
     assert!(seen.json()["error"]
         .as_str()
         .unwrap()
         .contains("unreachable"));
-    let seen = send(proxy.addr, request("GET", proxy.addr, "/v1/models", b"")).await;
+    let seen = call(proxy.addr, "GET", "/v1/models", b"").await;
     assert_eq!(seen.status, 502);
     assert_eq!(seen.json()["error"]["type"], "upstream_error");
 }
@@ -274,16 +238,8 @@ async fn ndjson_death_mid_stream_ends_with_an_inband_error_line() {
     let upstream = Upstream::start(script).await;
     let proxy = TestProxy::start(&upstream.url()).await;
 
-    let direct = send(
-        upstream.addr,
-        request("POST", upstream.addr, "/api/generate", b"{}"),
-    )
-    .await;
-    let proxied = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", b"{}"),
-    )
-    .await;
+    let direct = call(upstream.addr, "POST", "/api/generate", b"{}").await;
+    let proxied = call(proxy.addr, "POST", "/api/generate", b"{}").await;
 
     assert!(
         direct.error.is_some(),
@@ -319,11 +275,7 @@ async fn sse_death_mid_stream_ends_with_an_inband_error_event() {
     );
     let upstream = Upstream::start(script).await;
     let proxy = TestProxy::start(&upstream.url()).await;
-    let proxied = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/v1/chat/completions", b"{}"),
-    )
-    .await;
+    let proxied = call(proxy.addr, "POST", "/v1/chat/completions", b"{}").await;
     assert_eq!(proxied.error, None);
     let text = proxied.text();
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
@@ -338,7 +290,7 @@ async fn opaque_death_mid_stream_is_a_cut_stream_not_a_clean_end() {
     let script = Script::dies_mid_stream("application/octet-stream", &["abc"], "def");
     let upstream = Upstream::start(script).await;
     let proxy = TestProxy::start(&upstream.url()).await;
-    let proxied = send(proxy.addr, request("GET", proxy.addr, "/blob", b"")).await;
+    let proxied = call(proxy.addr, "GET", "/blob", b"").await;
     assert!(
         proxied.error.is_some(),
         "the client must see the stream was cut"
@@ -393,11 +345,7 @@ async fn client_disconnect_reaches_the_upstream_within_100ms() {
 async fn health_reports_whether_the_upstream_answers() {
     let upstream = Upstream::start(Script::status(200, "text/plain", b"Ollama is running")).await;
     let proxy = TestProxy::start(&upstream.url()).await;
-    let seen = send(
-        proxy.addr,
-        request("GET", proxy.addr, "/rawrxd/health", b""),
-    )
-    .await;
+    let seen = call(proxy.addr, "GET", "/rawrxd/health", b"").await;
     assert_eq!(seen.status, 200);
     let health = seen.json();
     assert_eq!(health["status"], "ok");
@@ -421,27 +369,14 @@ async fn health_reports_whether_the_upstream_answers() {
         .unwrap()
         .port();
     let proxy = TestProxy::start(&format!("http://127.0.0.1:{port}")).await;
-    let health = send(
-        proxy.addr,
-        request("GET", proxy.addr, "/rawrxd/health", b""),
-    )
-    .await
-    .json();
+    let health = call(proxy.addr, "GET", "/rawrxd/health", b"").await.json();
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["upstream"]["reachable"], false);
     assert!(health["upstream"]["error"].as_str().is_some());
 
-    let missing = send(
-        proxy.addr,
-        request("GET", proxy.addr, "/rawrxd/nothing", b""),
-    )
-    .await;
+    let missing = call(proxy.addr, "GET", "/rawrxd/nothing", b"").await;
     assert_eq!(missing.status, 404);
-    let wrong = send(
-        proxy.addr,
-        request("DELETE", proxy.addr, "/rawrxd/health", b""),
-    )
-    .await;
+    let wrong = call(proxy.addr, "DELETE", "/rawrxd/health", b"").await;
     assert_eq!(wrong.status, 405);
     assert_eq!(wrong.header("allow"), Some("GET, HEAD"));
 }
@@ -453,10 +388,7 @@ async fn graceful_shutdown_lets_running_streams_finish() {
     let mut proxy = TestProxy::start(&upstream.url()).await;
     let addr = proxy.addr;
 
-    let stream =
-        tokio::spawn(
-            async move { send(addr, request("POST", addr, "/api/generate", b"{}")).await },
-        );
+    let stream = tokio::spawn(async move { call(addr, "POST", "/api/generate", b"{}").await });
     tokio::time::sleep(LINE_GAP * 2).await;
     let finished = proxy.shutdown().await;
     assert!(finished.drained);
@@ -480,10 +412,7 @@ async fn shutdown_gives_up_after_the_grace_period() {
     let mut proxy =
         TestProxy::start_with(&upstream.url(), |c| c.shutdown_grace = "200ms".into()).await;
     let addr = proxy.addr;
-    let _stream =
-        tokio::spawn(
-            async move { send(addr, request("POST", addr, "/api/generate", b"{}")).await },
-        );
+    let _stream = tokio::spawn(async move { call(addr, "POST", "/api/generate", b"{}").await });
     tokio::time::sleep(LINE_GAP).await;
     let started = Instant::now();
     let finished = proxy.shutdown().await;

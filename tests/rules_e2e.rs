@@ -61,11 +61,7 @@ async fn straddling_match_never_reaches_the_client() {
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(50))).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
     let body = br#"{"model":"gemma3:270m","prompt":"x"}"#;
-    let seen = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", body),
-    )
-    .await;
+    let seen = call(proxy.addr, "POST", "/api/generate", body).await;
     assert_eq!(seen.status, 200);
     // Frame by frame, the client never holds the start of the match.
     let mut so_far = Vec::new();
@@ -91,11 +87,7 @@ async fn model_globs_select_rules() {
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::ZERO)).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
     let body = br#"{"model":"llama3.2","prompt":"x"}"#;
-    let seen = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", body),
-    )
-    .await;
+    let seen = call(proxy.addr, "POST", "/api/generate", body).await;
     assert_eq!(ndjson_text(&seen.text()), "a REPORT");
 }
 
@@ -108,11 +100,7 @@ async fn block_ends_the_stream_and_the_upstream_request() {
         .collect();
     let upstream = Upstream::start(Script::ndjson(&lines, Duration::from_millis(20))).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
-    let seen = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", br#"{"model":"m"}"#),
-    )
-    .await;
+    let seen = call(proxy.addr, "POST", "/api/generate", br#"{"model":"m"}"#).await;
     assert_eq!(seen.error, None);
     let text = seen.text();
     assert!(!text.contains("rm -r"), "{text}");
@@ -141,14 +129,11 @@ async fn secrets_are_redacted_in_sse_and_in_whole_json() {
     ];
     let upstream = Upstream::start(Script::sse(&events, Duration::from_millis(20))).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
-    let seen = send(
+    let seen = call(
         proxy.addr,
-        request(
-            "POST",
-            proxy.addr,
-            "/v1/chat/completions",
-            br#"{"model":"m","stream":true}"#,
-        ),
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"m","stream":true}"#,
     )
     .await;
     let text = seen.text();
@@ -164,14 +149,11 @@ async fn secrets_are_redacted_in_sse_and_in_whole_json() {
     ))
     .await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
-    let seen = send(
+    let seen = call(
         proxy.addr,
-        request(
-            "POST",
-            proxy.addr,
-            "/api/chat",
-            br#"{"model":"m","stream":false}"#,
-        ),
+        "POST",
+        "/api/chat",
+        br#"{"model":"m","stream":false}"#,
     )
     .await;
     let expected =
@@ -188,17 +170,13 @@ async fn other_endpoints_and_errors_pass_through_untouched() {
     let answer = br#"{"models":[{"name":"confidential:latest"}]}"#;
     let upstream = Upstream::start(Script::status(200, "application/json", answer)).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
-    let seen = send(proxy.addr, request("GET", proxy.addr, "/api/tags", b"")).await;
+    let seen = call(proxy.addr, "GET", "/api/tags", b"").await;
     assert_eq!(seen.body(), answer);
 
     let error = br#"{"error":"confidential model not found"}"#;
     let upstream = Upstream::start(Script::status(404, "application/json", error)).await;
     let proxy = TestProxy::with_rules(&upstream.url(), RULES).await;
-    let seen = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", br#"{"model":"x"}"#),
-    )
-    .await;
+    let seen = call(proxy.addr, "POST", "/api/generate", br#"{"model":"x"}"#).await;
     assert_eq!(seen.status, 404);
     assert_eq!(seen.body(), error);
 }
@@ -214,13 +192,8 @@ async fn a_stream_keeps_the_rules_it_started_with() {
     let old = "[[rule]]\nid = \"old\"\nkind = \"replace\"\nfind = \"secret\"\nreplace = \"OLD\"\n";
     let proxy = TestProxy::with_rules(&upstream.url(), old).await;
     let addr = proxy.addr;
-    let running = tokio::spawn(async move {
-        send(
-            addr,
-            request("POST", addr, "/api/generate", br#"{"model":"m"}"#),
-        )
-        .await
-    });
+    let running =
+        tokio::spawn(async move { call(addr, "POST", "/api/generate", br#"{"model":"m"}"#).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Swap in new rules while the first stream is still running.
@@ -231,11 +204,7 @@ async fn a_stream_keeps_the_rules_it_started_with() {
         rawrxd::live::Live::build(rules).unwrap(),
     ));
 
-    let fresh = send(
-        proxy.addr,
-        request("POST", proxy.addr, "/api/generate", br#"{"model":"m"}"#),
-    )
-    .await;
+    let fresh = call(proxy.addr, "POST", "/api/generate", br#"{"model":"m"}"#).await;
     assert_eq!(ndjson_text(&fresh.text()), "one NEW two NEW three NEW");
     let first = running.await.unwrap();
     assert_eq!(ndjson_text(&first.text()), "one OLD two OLD three OLD");

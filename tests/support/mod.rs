@@ -469,6 +469,11 @@ pub async fn collect(response: Response<hyper::body::Incoming>, sent: Instant) -
     }
 }
 
+/// Sends `method path` with `body` over a fresh connection to `addr` (the usual one-liner).
+pub async fn call(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Seen {
+    send(addr, request(method, addr, path, body)).await
+}
+
 /// Builds a request with `host` set the way a normal client would.
 pub fn request(method: &str, addr: SocketAddr, path: &str, body: &[u8]) -> Request<Full<Bytes>> {
     Request::builder()
