@@ -103,24 +103,31 @@ impl Rewriter {
             return out;
         }
         self.pending.extend_from_slice(bytes);
+        // Work on the buffer taken out of `self`, so each line is read in place, not copied.
+        let pending = std::mem::take(&mut self.pending);
         let mut consumed = 0;
         while !self.finished {
-            let rest = &self.pending[consumed..];
+            let rest = &pending[consumed..];
             let Some(end) = (match self.format {
                 Format::Ndjson => rest.iter().position(|&b| b == b'\n').map(|i| i + 1),
                 Format::Sse => event_end(rest),
             }) else {
                 break;
             };
-            let unit = self.pending[consumed..consumed + end].to_vec();
+            self.unit(&rest[..end], &mut out);
             consumed += end;
-            match self.format {
-                Format::Ndjson => self.ndjson_line(&unit, &mut out),
-                Format::Sse => self.sse_event(&unit, &mut out),
-            }
         }
+        self.pending = pending;
         self.pending.drain(..consumed);
         out
+    }
+
+    /// One NDJSON line or SSE event.
+    fn unit(&mut self, unit: &[u8], out: &mut Vec<u8>) {
+        match self.format {
+            Format::Ndjson => self.ndjson_line(unit, out),
+            Format::Sse => self.sse_event(unit, out),
+        }
     }
 
     /// The upstream body ended: processes a last unterminated line/event and releases any
@@ -129,10 +136,7 @@ impl Rewriter {
         let mut out = Vec::new();
         if !self.finished && !self.pending.is_empty() {
             let unit = std::mem::take(&mut self.pending);
-            match self.format {
-                Format::Ndjson => self.ndjson_line(&unit, &mut out),
-                Format::Sse => self.sse_event(&unit, &mut out),
-            }
+            self.unit(&unit, &mut out);
         }
         if !self.finished {
             self.flush_open_sessions(&mut out);

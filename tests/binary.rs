@@ -79,6 +79,18 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
+/// Runs `rawrxd ARGS` in `dir`, expects it to fail, and returns what it said on stderr.
+fn fails_with(args: &[&str], dir: &std::path::Path) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RAWRXD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "rawrxd {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -169,21 +181,14 @@ fn unknown_config_key_is_named_and_fatal() {
         "[proxy]\nlisten = \"127.0.0.1:0\"\nupstrem = \"x\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("proxy")
-        .current_dir(&dir)
-        .env_remove("RAWRXD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    let text = fails_with(&["proxy"], &dir);
     assert!(text.contains("upstrem"), "{text}");
 }
 
 #[test]
 fn invalid_values_are_all_reported_at_once() {
-    let out = Command::new(BIN)
-        .args([
+    let text = fails_with(
+        &[
             "proxy",
             "--listen",
             "0.0.0.0:1",
@@ -191,13 +196,9 @@ fn invalid_values_are_all_reported_at_once() {
             "ftp://x",
             "--max-body",
             "big",
-        ])
-        .current_dir(tempdir())
-        .env_remove("RAWRXD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+        ],
+        &tempdir(),
+    );
     for key in [
         "proxy.listen",
         "proxy.upstream",
@@ -212,14 +213,7 @@ fn invalid_values_are_all_reported_at_once() {
 fn address_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(BIN)
-        .args(["proxy", "--listen", &addr])
-        .current_dir(tempdir())
-        .env_remove("RAWRXD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    let text = fails_with(&["proxy", "--listen", &addr], &tempdir());
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
 }
 
@@ -264,14 +258,7 @@ fn invalid_rule_files_stop_the_start_with_every_error() {
         "[[rule]]\nid = \"a\"\nkind = \"regex\"\npattern = \"(\"\nreplace = \"x\"\n\n[[rule]]\nid = \"b\"\nkind = \"nonsense\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["proxy", "--listen", "127.0.0.1:0"])
-        .current_dir(&dir)
-        .env_remove("RAWRXD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    let text = fails_with(&["proxy", "--listen", "127.0.0.1:0"], &dir);
     assert!(text.contains("bad.toml"), "{text}");
     assert!(text.contains("\"a\""), "{text}");
     assert!(text.contains("nonsense"), "{text}");
