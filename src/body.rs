@@ -22,10 +22,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::patch::Hit;
+use crate::audit::HitSink;
 use crate::rewrite::Rewriter;
-use crate::rules::Kind;
-use crate::state::RequestRecord;
+use crate::state::{RequestRecord, Stats};
 use crate::wire::Framing;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,17 +50,24 @@ pin_project! {
         inner: Incoming,
         remaining: u64,
         fault: Arc<OnceLock<BodyFault>>,
+        stats: Arc<Stats>,
     }
 }
 
 impl LimitedBody {
-    /// Wraps `inner`; the returned cell is set if the body fails.
-    pub fn new(inner: Incoming, limit: u64) -> (Self, Arc<OnceLock<BodyFault>>) {
+    /// Wraps `inner`; the returned cell is set if the body fails. Bytes received are counted
+    /// in `stats.bytes_from_clients`.
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        stats: Arc<Stats>,
+    ) -> (Self, Arc<OnceLock<BodyFault>>) {
         let fault = Arc::new(OnceLock::new());
         let body = LimitedBody {
             inner,
             remaining: limit,
             fault: fault.clone(),
+            stats,
         };
         (body, fault)
     }
@@ -85,6 +91,9 @@ impl Body for LimitedBody {
                         return Poll::Ready(Some(Err(BodyFaultError(BodyFault::TooLarge).into())));
                     }
                     *this.remaining -= len;
+                    this.stats
+                        .bytes_from_clients
+                        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -204,15 +213,18 @@ pin_project! {
         #[pin]
         inner: UpstreamBody,
         rewriter: Rewriter,
+        sink: HitSink,
         done: bool,
     }
 }
 
 impl PatchBody {
-    pub fn new(inner: UpstreamBody, rewriter: Rewriter) -> Self {
+    /// Corrections go to `sink` as they are decided.
+    pub fn new(inner: UpstreamBody, rewriter: Rewriter, sink: HitSink) -> Self {
         PatchBody {
             inner,
             rewriter,
+            sink,
             done: false,
         }
     }
@@ -242,7 +254,10 @@ impl Body for PatchBody {
                     this.rewriter.finish()
                 }
             };
-            log_hits(this.rewriter.take_hits());
+            let hits = this.rewriter.take_hits();
+            if !hits.is_empty() {
+                this.sink.record(hits);
+            }
             if this.rewriter.is_blocked() {
                 // Stop reading: dropping the upstream body cancels the generation.
                 *this.done = true;
@@ -263,27 +278,7 @@ impl Body for PatchBody {
     }
 }
 
-/// Writes each correction to the log (target `rawrxd::correction`). Secrets found by redact
-/// rules are never logged whole.
-pub fn log_hits(hits: Vec<Hit>) {
-    for hit in hits {
-        let detected = if hit.kind == Kind::Redact {
-            mask_secret(&hit.detected)
-        } else {
-            hit.detected
-        };
-        tracing::info!(
-            target: "rawrxd::correction",
-            rule = %hit.rule_id,
-            kind = ?hit.kind,
-            shadow = hit.shadow,
-            detected = %detected,
-            corrected = %hit.corrected,
-        );
-    }
-}
-
-/// The first four characters and a length: enough to find it, not enough to use it.
+/// The first four characters and a length: enough to find a secret, not enough to use it.
 pub fn mask_secret(secret: &str) -> String {
     let head: String = secret.chars().take(4).collect();
     format!("{head}…({} chars)", secret.chars().count())

@@ -70,6 +70,10 @@ pub struct RawProxy {
     /// Bearer token for state-changing admin endpoints; required off loopback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// Size at which `corrections.log` is rotated (and gzipped).
+    pub audit_max_size: ByteSize,
+    /// Rotated logs kept (`corrections.log.1.gz` …).
+    pub audit_keep: usize,
 }
 
 impl Default for RawProxy {
@@ -86,6 +90,8 @@ impl Default for RawProxy {
             max_connections: 1024,
             shutdown_grace: "30s".into(),
             admin_token: None,
+            audit_max_size: ByteSize::Text("32MiB".into()),
+            audit_keep: 5,
         }
     }
 }
@@ -258,6 +264,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub admin_token: Option<String>,
+    pub audit_max_size: u64,
+    pub audit_keep: usize,
 }
 
 impl RawProxy {
@@ -282,6 +290,17 @@ impl RawProxy {
             .to_bytes()
             .map_err(|e| errors.push(format!("proxy.max_body: {e}")))
             .ok();
+        let audit_max_size = match self.audit_max_size.to_bytes() {
+            Ok(0) => {
+                errors.push("proxy.audit_max_size must be more than 0".into());
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                errors.push(format!("proxy.audit_max_size: {e}"));
+                None
+            }
+        };
         let mut duration = |field: &str, text: &str| {
             humantime::parse_duration(text)
                 .map_err(|e| errors.push(format!("proxy.{field}: {text:?}: {e}")))
@@ -309,6 +328,7 @@ impl RawProxy {
             header_timeout,
             connect_timeout,
             shutdown_grace,
+            audit_max_size,
         ) {
             (
                 Some(listen),
@@ -317,6 +337,7 @@ impl RawProxy {
                 Some(header_timeout),
                 Some(connect_timeout),
                 Some(shutdown_grace),
+                Some(audit_max_size),
             ) if errors.is_empty() => Ok(ProxyConfig {
                 listen,
                 upstream,
@@ -329,6 +350,8 @@ impl RawProxy {
                 max_connections: self.max_connections,
                 shutdown_grace,
                 admin_token,
+                audit_max_size,
+                audit_keep: self.audit_keep,
             }),
             _ => Err(ConfigError::Invalid(errors)),
         }

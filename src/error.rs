@@ -31,6 +31,12 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    #[error("missing or wrong admin token (send Authorization: Bearer <token>)")]
+    Unauthorized,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ProxyError {
@@ -44,7 +50,11 @@ impl ProxyError {
             ProxyError::BodyIncomplete | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ShuttingDown | ProxyError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -55,7 +65,8 @@ impl ProxyError {
                 "upstream_error"
             }
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
-            ProxyError::ShuttingDown => "server_error",
+            ProxyError::ShuttingDown | ProxyError::Unavailable(_) => "server_error",
+            ProxyError::Unauthorized => "authentication_error",
             _ => "invalid_request_error",
         }
     }
@@ -118,6 +129,9 @@ mod tests {
             (ProxyError::NotFound("x".into()), 404),
             (ProxyError::MethodNotAllowed("PUT".into()), 405),
             (ProxyError::ShuttingDown, 503),
+            (ProxyError::Unauthorized, 401),
+            (ProxyError::Conflict("x".into()), 409),
+            (ProxyError::Unavailable("x".into()), 503),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");

@@ -18,19 +18,24 @@
 //! validated [`config::ProxyConfig`].
 
 pub mod admin;
+pub mod app;
+pub mod audit;
 pub mod body;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod live;
+pub mod metrics;
 pub mod patch;
+pub mod reload;
 pub mod rewrite;
 pub mod route;
 pub mod rules;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;
 pub mod wire;

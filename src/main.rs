@@ -2,14 +2,13 @@
 //! hands over to the library.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 
+use rawrxd::app::App;
 use rawrxd::cli::{Cli, Command, ProxyArgs, RulesCommand};
-use rawrxd::live::Live;
-use rawrxd::{config, server, shutdown, telemetry, ProxyState};
+use rawrxd::{config, server, shutdown, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,32 +55,28 @@ fn rules(command: RulesCommand) -> ExitCode {
 fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let raw = config::load(args.config.as_deref(), &args.overrides())?;
     let config = raw.proxy.validate()?;
-    let live = Live::load_dir(&config.rules_dir).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
-        anyhow::anyhow!(
-            "invalid rules in {}:\n{}",
-            config.rules_dir.display(),
-            lines.join("\n")
-        )
-    })?;
-    tracing::info!(
-        "{} rule(s) loaded from {}",
-        live.pipeline.table().rules.len(),
-        config.rules_dir.display()
-    );
+    let listen = config.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let state = Arc::new(ProxyState::with_rules(config, live));
-        let finished = server::run(listener, state, shutdown::signal()).await;
-        if !finished.drained {
-            tracing::warn!("exiting with requests still in flight");
-        }
-        Ok(())
-    })
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let app = App::start(config)?;
+    tracing::info!(
+        "{} rule(s) live from {}",
+        app.state.live.load().pipeline.table().rules.len(),
+        app.state.config.rules_dir.display()
+    );
+    let finished = runtime.block_on(server::run(
+        listener,
+        app.state.clone(),
+        shutdown::signal(),
+    ));
+    if !finished.drained {
+        tracing::warn!("exiting with requests still in flight");
+    }
+    app.stop();
+    Ok(())
 }

@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::admin;
-use crate::body::{log_hits, BodyFault, LimitedBody, PatchBody, ProxyBody, UpstreamBody};
+use crate::audit::HitSink;
+use crate::body::{BodyFault, LimitedBody, PatchBody, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::patch::Compiled;
 use crate::rewrite::{rewrite_json, Format, Rewriter};
@@ -24,6 +25,10 @@ use crate::wire::{Flavor, Framing};
 /// Prefix of the proxy's own endpoints; never forwarded.
 pub const OWN_PREFIX: &str = "/rawrxd";
 
+/// Response header on the patchable endpoints: milliseconds the proxy added before the
+/// response head (its own time, the upstream's wait excluded).
+pub const OVERHEAD_HEADER: &str = "x-rawrxd-overhead-ms";
+
 /// Serves one request. Never fails: every error becomes a response in the client's API shape.
 pub async fn handle(
     state: Arc<ProxyState>,
@@ -32,13 +37,13 @@ pub async fn handle(
     let path = request.uri().path().to_string();
     let flavor = Flavor::of_path(&path);
     let is_own = path == OWN_PREFIX || path.starts_with("/rawrxd/");
-    let mut record = RequestRecord::start(state.stats.clone(), request.method().clone(), path);
+    let mut record = RequestRecord::start(&state, request.method().clone(), path);
     let (result, waited) = if is_own {
         (admin::handle(&state, request).await, Duration::ZERO)
     } else {
         match forward(&state, request).await {
             Ok(upstreamed) => {
-                return Ok(respond(upstreamed, record)
+                return Ok(respond(&state, upstreamed, record)
                     .await
                     .unwrap_or_else(|error| error.into_response(flavor)))
             }
@@ -55,8 +60,17 @@ pub async fn handle(
 struct Upstreamed {
     response: Response<Incoming>,
     waited: Duration,
+    /// The patchable endpoint the request went to, if any.
+    endpoint: Option<Endpoint>,
     /// The rules to apply, when any apply to this request.
-    patch: Option<(Arc<Compiled>, Endpoint)>,
+    patch: Option<Patch>,
+}
+
+/// What to patch a response with, and for which model.
+struct Patch {
+    compiled: Arc<Compiled>,
+    endpoint: Endpoint,
+    model: Arc<str>,
 }
 
 /// A failure and how long the upstream had been waited on when it happened.
@@ -80,15 +94,16 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
         .uri_for(parts.uri.path_and_query())
         .map_err(|e| (e, Duration::ZERO))?;
     state.upstream.prepare_headers(&mut parts.headers);
-    let (body, fault) = LimitedBody::new(body, limit);
+    let (body, fault) = LimitedBody::new(body, limit, state.stats.clone());
     // The rules to apply depend on the model named in the request body: read it whole (the
     // bytes are forwarded unchanged). Requests no rule can touch stream straight through.
     let live = state.live.load_full();
     let endpoint = (parts.method == Method::POST)
         .then(|| Endpoint::of_path(parts.uri.path()))
-        .flatten()
-        .filter(|_| !live.pipeline.is_empty());
-    let (body, patch) = match endpoint {
+        .flatten();
+    let patchable =
+        endpoint.filter(|_| !live.pipeline.is_empty() && state.patching_enabled());
+    let (body, patch) = match patchable {
         Some(endpoint) => {
             let bytes = match body.collect().await {
                 Ok(collected) => collected.to_bytes(),
@@ -100,10 +115,15 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
                     return Err((error, Duration::ZERO));
                 }
             };
+            let model = model_of(&bytes);
             let patch = live
                 .pipeline
-                .select(&model_of(&bytes), Some(endpoint))
-                .map(|compiled| (compiled, endpoint));
+                .select(&model, Some(endpoint))
+                .map(|compiled| Patch {
+                    compiled,
+                    endpoint,
+                    model: Arc::from(model),
+                });
             let body = Full::new(bytes)
                 .map_err(|never| match never {})
                 .boxed_unsync();
@@ -125,6 +145,7 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
             return Ok(Upstreamed {
                 response,
                 waited,
+                endpoint,
                 patch,
             })
         }
@@ -149,24 +170,47 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
 
 /// Builds the client's response: the upstream's, streamed, with the rules applied when any do.
 async fn respond(
+    state: &ProxyState,
     upstreamed: Upstreamed,
     mut record: RequestRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Upstreamed {
         response,
         waited,
+        endpoint,
         patch,
     } = upstreamed;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let framing = Framing::of_headers(&parts.headers);
     record.responded(parts.status, waited);
+    if let (Some(_), Some(overhead)) = (endpoint, record.overhead()) {
+        let millis = format!("{:.3}", overhead.as_secs_f64() * 1e3);
+        if let Ok(value) = HeaderValue::from_str(&millis) {
+            parts.headers.insert(OVERHEAD_HEADER, value);
+        }
+    }
     let body = UpstreamBody::new(body, framing, record);
     let patch = patch.filter(|_| {
         parts.status.is_success() && !parts.headers.contains_key(header::CONTENT_ENCODING)
     });
-    let Some((compiled, endpoint)) = patch else {
+    let Some(Patch {
+        compiled,
+        endpoint,
+        model,
+    }) = patch
+    else {
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
+    };
+    state
+        .stats
+        .requests_patched
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sink = HitSink {
+        audit: state.audit.clone(),
+        metrics: state.metrics.clone(),
+        model,
+        endpoint,
     };
     let format = match framing {
         Framing::Ndjson => Format::Ndjson,
@@ -183,7 +227,7 @@ async fn respond(
                 .to_bytes();
             let bytes = match rewrite_json(&compiled, endpoint, &bytes) {
                 Some((patched, hits)) => {
-                    log_hits(hits);
+                    sink.record(hits);
                     Bytes::from(patched)
                 }
                 None => bytes,
@@ -203,7 +247,7 @@ async fn respond(
     let rewriter = Rewriter::new(compiled, endpoint, format);
     Ok(Response::from_parts(
         parts,
-        PatchBody::new(body, rewriter).boxed_unsync(),
+        PatchBody::new(body, rewriter, sink).boxed_unsync(),
     ))
 }
 

@@ -324,6 +324,92 @@ impl Rule {
         }
     }
 
+    /// The rule written back as a spec, with every default spelled out: what the rule store
+    /// keeps and the admin API shows. `validate_spec(rule.to_spec())` gives the rule back.
+    pub fn to_spec(&self) -> RuleSpec {
+        let mut spec = RuleSpec {
+            id: Some(self.id.clone()),
+            kind: Some(self.kind().name().to_string()),
+            enabled: Some(self.enabled),
+            mode: Some(self.mode.name().to_string()),
+            models: Some(self.models.clone()),
+            endpoints: Some(if self.endpoints.is_empty() {
+                vec!["*".to_string()]
+            } else {
+                self.endpoints.iter().map(|e| e.name().to_string()).collect()
+            }),
+            description: self.description.clone(),
+            ..RuleSpec::default()
+        };
+        match &self.action {
+            Action::Replace {
+                find,
+                replace,
+                case_insensitive,
+                whole_word,
+            } => {
+                spec.find = Some(find.clone());
+                spec.replace = Some(replace.clone());
+                spec.case_insensitive = Some(*case_insensitive);
+                spec.whole_word = Some(*whole_word);
+            }
+            Action::Regex {
+                pattern,
+                replace,
+                max_len,
+            } => {
+                spec.pattern = Some(pattern.clone());
+                spec.replace = Some(replace.clone());
+                spec.max_len = Some(*max_len);
+            }
+            Action::Redact {
+                detector,
+                pattern,
+                mask,
+                max_len,
+            } => {
+                spec.detector = detector.map(|d| d.name().to_string());
+                spec.pattern = pattern.clone();
+                spec.mask = Some(mask.clone());
+                // A detector's bound is implied; a custom pattern's is part of the rule.
+                spec.max_len = pattern.as_ref().map(|_| *max_len);
+            }
+            Action::Block {
+                find,
+                pattern,
+                case_insensitive,
+                message,
+                max_len,
+            } => {
+                spec.find = find.clone();
+                spec.pattern = pattern.clone();
+                spec.case_insensitive = Some(*case_insensitive);
+                spec.message = Some(message.clone());
+                spec.max_len = pattern.as_ref().map(|_| *max_len);
+            }
+            Action::Path {
+                roots,
+                min_confidence,
+                fix,
+            } => {
+                spec.roots = Some(roots.clone());
+                spec.min_confidence = Some(*min_confidence);
+                spec.action = Some(if *fix { "fix" } else { "flag" }.to_string());
+            }
+            Action::SystemPrompt { text, position } => {
+                spec.text = Some(text.clone());
+                spec.position = Some(position.name().to_string());
+            }
+            Action::Param { name, value, op } => {
+                spec.name = Some(name.clone());
+                spec.value = toml::Value::try_from(value).ok();
+                spec.op = Some(op.name().to_string());
+            }
+            Action::Stop { sequences } => spec.sequences = Some(sequences.clone()),
+        }
+        spec
+    }
+
     /// Whether the rule is enabled and covers this model and endpoint. A request whose
     /// endpoint is unknown (`None`) is covered only by rules for every endpoint.
     pub fn applies_to(&self, model: &str, endpoint: Option<Endpoint>) -> bool {

@@ -1,16 +1,21 @@
-//! State shared by every connection: the validated config, the upstream client, counters,
-//! and the per-request record that becomes the access-log line.
+//! State shared by every connection: the validated config, the upstream client, the live
+//! rules and their status, counters and metrics, the audit sender, and the per-request record
+//! that becomes the access-log line and the request metrics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{Method, StatusCode};
 use tokio::sync::Semaphore;
 
+use crate::audit::Audit;
 use crate::config::ProxyConfig;
 use crate::live::Live;
+use crate::metrics::{endpoint_label, EndpointLabels, Metrics, RequestLabels};
+use crate::patch::CounterRegistry;
+use crate::reload::{RuleStatus, RulesHandle};
 use crate::upstream::Upstream;
 
 /// Everything a request handler needs; one per running proxy, behind an `Arc`.
@@ -23,6 +28,18 @@ pub struct ProxyState {
     pub connection_slots: Arc<Semaphore>,
     /// The rules in force; see [`crate::live`].
     pub live: ArcSwap<Live>,
+    /// Per-rule hit counters by rule id; they survive rebuilds of the live set.
+    pub counters: CounterRegistry,
+    pub metrics: Arc<Metrics>,
+    /// The runtime switch for all patching (`PUT /rawrxd/patching`); off, every response
+    /// passes through untouched.
+    pub patching: AtomicBool,
+    rule_status: Mutex<RuleStatus>,
+    /// Where corrections are audited; `None` when the proxy runs without a log directory
+    /// (then they only go to tracing).
+    pub audit: Option<Arc<Audit>>,
+    /// The rule manager, when the rules come from the store (see [`crate::reload`]).
+    pub rules: OnceLock<RulesHandle>,
 }
 
 impl ProxyState {
@@ -31,9 +48,22 @@ impl ProxyState {
         Self::with_rules(config, Live::empty())
     }
 
+    /// A proxy with a fixed rule set and no store or audit log (tests, benches).
     pub fn with_rules(config: ProxyConfig, live: Live) -> Self {
+        Self::assemble(config, live, Arc::new(Metrics::new()), None)
+    }
+
+    pub fn assemble(
+        config: ProxyConfig,
+        live: Live,
+        metrics: Arc<Metrics>,
+        audit: Option<Arc<Audit>>,
+    ) -> Self {
         let upstream = Upstream::new(&config);
         let connection_slots = Arc::new(Semaphore::new(config.max_connections));
+        metrics
+            .rules_loaded
+            .set(live.pipeline.table().rules.len() as i64);
         ProxyState {
             config,
             upstream,
@@ -41,7 +71,27 @@ impl ProxyState {
             started: Instant::now(),
             connection_slots,
             live: ArcSwap::from_pointee(live),
+            counters: CounterRegistry::default(),
+            metrics,
+            patching: AtomicBool::new(true),
+            rule_status: Mutex::new(RuleStatus::default()),
+            audit,
+            rules: OnceLock::new(),
         }
+    }
+
+    pub fn lock_rule_status(&self) -> MutexGuard<'_, RuleStatus> {
+        self.rule_status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn patching_enabled(&self) -> bool {
+        self.patching.load(Ordering::Relaxed)
+    }
+
+    pub fn set_patching(&self, enabled: bool) {
+        self.patching.store(enabled, Ordering::Relaxed);
+        self.metrics.patching_enabled.set(i64::from(enabled));
+        tracing::info!(enabled, "hot patching switched");
     }
 
     pub fn open_connections(&self) -> usize {
@@ -56,7 +106,10 @@ pub struct Stats {
     pub requests_in_flight: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub bytes_to_clients: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Responses that went through the rule pipeline.
+    pub requests_patched: AtomicU64,
 }
 
 /// How a request ended, for the access log.
@@ -73,6 +126,7 @@ enum Outcome {
 /// One request's life, written as one access-log line when it ends (dropped).
 pub struct RequestRecord {
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     method: Method,
     path: String,
     started: Instant,
@@ -85,11 +139,13 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    pub fn start(stats: Arc<Stats>, method: Method, path: String) -> Self {
+    pub fn start(state: &ProxyState, method: Method, path: String) -> Self {
+        let stats = state.stats.clone();
         stats.requests_total.fetch_add(1, Ordering::Relaxed);
         stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         RequestRecord {
             stats,
+            metrics: state.metrics.clone(),
             method,
             path,
             started: Instant::now(),
@@ -108,6 +164,11 @@ impl RequestRecord {
         self.status = Some(status);
         self.upstream_wait = Some(upstream_wait);
         self.overhead = Some(self.started.elapsed().saturating_sub(upstream_wait));
+    }
+
+    /// What the proxy has added so far, before the response head (see [`Self::responded`]).
+    pub fn overhead(&self) -> Option<Duration> {
+        self.overhead
     }
 
     pub fn add_bytes(&mut self, n: usize) {
@@ -140,6 +201,23 @@ impl RequestRecord {
         self.stats
             .bytes_to_clients
             .fetch_add(self.bytes, Ordering::Relaxed);
+        let endpoint = endpoint_label(&self.path);
+        let labels = RequestLabels {
+            endpoint,
+            status: self.status.map_or(0, |s| s.as_u16()),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .request_seconds
+            .get_or_create(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(overhead) = self.overhead {
+            self.metrics
+                .overhead_seconds
+                .get_or_create(&EndpointLabels { endpoint })
+                .observe(overhead.as_secs_f64());
+        }
+        self.metrics.bytes_to_clients.inc_by(self.bytes);
         let outcome = match self.outcome {
             Outcome::Streaming => "client_gone",
             Outcome::Complete => "complete",

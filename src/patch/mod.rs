@@ -39,7 +39,42 @@ pub struct RuleCounters {
 #[derive(Debug, Default)]
 pub struct RuleTable {
     pub rules: Vec<Rule>,
-    pub counters: Vec<RuleCounters>,
+    /// Per rule, in `rules` order; shared with the [`CounterRegistry`] the pipeline was built
+    /// with, so a rule's counts survive rebuilds.
+    pub counters: Vec<Arc<RuleCounters>>,
+}
+
+/// Counters by rule id that outlive any one pipeline: each rebuild picks up the counters of
+/// the rules it keeps.
+#[derive(Debug, Default)]
+pub struct CounterRegistry {
+    by_id: Mutex<HashMap<String, Arc<RuleCounters>>>,
+}
+
+impl CounterRegistry {
+    /// The counters of rule `id`, created on first use.
+    pub fn get(&self, id: &str) -> Arc<RuleCounters> {
+        let mut by_id = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        by_id.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Every rule id seen so far with its (hits, applied, shadowed), sorted by id.
+    pub fn snapshot(&self) -> Vec<(String, u64, u64, u64)> {
+        let by_id = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = by_id
+            .iter()
+            .map(|(id, c)| {
+                (
+                    id.clone(),
+                    c.hits.load(Ordering::Relaxed),
+                    c.applied.load(Ordering::Relaxed),
+                    c.shadowed.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 /// One correction, for the audit log and stats.
@@ -101,6 +136,14 @@ impl Pipeline {
 
     /// Compiles every pattern now, so a bad one is reported before anything goes live.
     pub fn new(rules: Vec<Rule>) -> Result<Self, Vec<RuleError>> {
+        Self::with_counters(rules, &CounterRegistry::default())
+    }
+
+    /// As [`Pipeline::new`], counting each rule's hits in `registry` (by rule id).
+    pub fn with_counters(
+        rules: Vec<Rule>,
+        registry: &CounterRegistry,
+    ) -> Result<Self, Vec<RuleError>> {
         let mut errors = Vec::new();
         let mut regexes = Vec::with_capacity(rules.len());
         for (index, rule) in rules.iter().enumerate() {
@@ -162,7 +205,7 @@ impl Pipeline {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let counters = rules.iter().map(|_| RuleCounters::default()).collect();
+        let counters = rules.iter().map(|rule| registry.get(&rule.id)).collect();
         let pipeline = Pipeline {
             table: Arc::new(RuleTable { rules, counters }),
             regexes,

@@ -333,6 +333,24 @@ pub struct TestProxy {
     pub state: Arc<ProxyState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Finished>>,
+    /// The store, audit writer and rule manager, for proxies started with [`TestProxy::app`].
+    app: Option<rawrxd::app::App>,
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "rawrxd-{tag}-{}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl TestProxy {
@@ -384,6 +402,41 @@ impl TestProxy {
             state,
             stop: Some(stop),
             task: Some(task),
+            app: None,
+        }
+    }
+
+    /// The whole proxy as `rawrxd proxy` runs it (rule store, live reload, audit log), with
+    /// `dir/rules`, `dir/rawrxd.db` and `dir/logs`.
+    pub async fn app(
+        upstream: &str,
+        dir: &std::path::Path,
+        tweak: impl FnOnce(&mut RawProxy),
+    ) -> TestProxy {
+        let mut raw = RawProxy {
+            listen: "127.0.0.1:0".into(),
+            upstream: upstream.into(),
+            rules: dir.join("rules"),
+            db: dir.join("rawrxd.db"),
+            log_dir: dir.join("logs"),
+            ..RawProxy::default()
+        };
+        tweak(&mut raw);
+        let config = raw.validate().unwrap();
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = rawrxd::app::App::start(config).unwrap();
+        let state = app.state.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(rawrxd::run(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        TestProxy {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+            app: Some(app),
         }
     }
 
@@ -392,7 +445,11 @@ impl TestProxy {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task.take().unwrap().await.unwrap()
+        let finished = self.task.take().unwrap().await.unwrap();
+        if let Some(app) = self.app.take() {
+            tokio::task::spawn_blocking(move || app.stop()).await.unwrap();
+        }
+        finished
     }
 }
 
@@ -467,6 +524,31 @@ pub async fn collect(response: Response<hyper::body::Incoming>, sent: Instant) -
         frames,
         error,
     }
+}
+
+/// As [`call`], with extra headers.
+pub async fn call_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Seen {
+    let mut request = request(method, addr, path, body);
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    send(addr, request).await
+}
+
+/// Writes `text` to `path` the way editors save: a temporary file renamed over the old one.
+pub fn save(path: &std::path::Path, text: &str) {
+    let temp = path.with_extension("toml.tmp~");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
 }
 
 /// Sends `method path` with `body` over a fresh connection to `addr` (the usual one-liner).

@@ -1,0 +1,622 @@
+//! The audit trail: every applied (or shadowed) rule becomes one line in
+//! `logs/corrections.log` (path fixes also in `logs/navigation_fixes.log`) and one row in the
+//! `corrections` table, searchable with full-text search.
+//!
+//! **Nothing here runs on the request path.** The request path hands [`Hit`]s to a
+//! [`HitSink`], which counts them and pushes [`AuditEvent`]s into a bounded channel with
+//! `try_send`: if the writer falls behind, the event is dropped and counted
+//! (`rawrxd_audit_lines_dropped_total`), never waited for. One writer thread drains the channel
+//! in batches: one `write` of whole lines per batch (the file is opened for appending and
+//! written without a userspace buffer, so a killed process leaves only whole lines behind; a
+//! torn tail from a crash mid-write is cut off at the next start), then one SQLite transaction.
+//!
+//! The log rotates by size: `corrections.log` becomes `corrections.log.1.gz` (older ones shift
+//! to `.2.gz` … up to `keep`), compressed with flate2.
+//!
+//! Line formats (DESIGN.md):
+//! `2025-01-20T14:32:45Z | Type: invalid_path | Rule: fix-paths | Confidence: 0.92 | Detected: "src/mian.rs" | Corrected: "src/main.rs"`
+//! and `2025-01-20T14:32:45Z | From: src/mian.rs | To: src/main.rs | Effectiveness: 0.95 | Reasoning: edit_distance`.
+//! Text is quoted JSON-style, so a newline in a match never breaks a line; shadow-mode lines
+//! end with ` | Mode: shadow`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::body::mask_secret;
+use crate::metrics::{Metrics, RuleLabels};
+use crate::patch::Hit;
+use crate::rules::{Endpoint, Kind};
+use crate::store::{Correction, Store};
+
+/// File names inside the log directory.
+pub const CORRECTIONS_LOG: &str = "corrections.log";
+pub const NAVIGATION_LOG: &str = "navigation_fixes.log";
+
+/// Events waiting for the writer before new ones are dropped.
+const CHANNEL_CAPACITY: usize = 16_384;
+/// Most events written in one batch (one write, one transaction).
+const MAX_BATCH: usize = 1024;
+/// Longest detected/corrected text written into a log line, in characters (the database row
+/// keeps the whole text).
+const MAX_LOGGED_CHARS: usize = 512;
+
+/// One correction on its way to the writer.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub at: SystemTime,
+    pub rule_id: String,
+    pub kind: Kind,
+    pub shadow: bool,
+    pub confidence: f64,
+    /// Already masked for redact rules.
+    pub detected: String,
+    pub corrected: String,
+    pub model: Arc<str>,
+    pub endpoint: &'static str,
+}
+
+/// Where the writer puts things and when it rotates.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub log_dir: PathBuf,
+    pub db_path: PathBuf,
+    /// Rotate `corrections.log` (and `navigation_fixes.log`) when it reaches this size.
+    pub max_log_bytes: u64,
+    /// Compressed logs kept per file.
+    pub keep: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot create the log directory {path}: {source}")]
+    LogDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The sending half, shared by every request; see the module docs.
+pub struct Audit {
+    sender: Mutex<Option<SyncSender<AuditEvent>>>,
+    metrics: Arc<Metrics>,
+    /// Lines written and committed by the writer.
+    pub written: Arc<AtomicU64>,
+    pub dropped: AtomicU64,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Audit {
+    /// Opens the log files and the database, and starts the writer thread.
+    pub fn start(config: AuditConfig, metrics: Arc<Metrics>) -> Result<Arc<Audit>, AuditError> {
+        let logs = LogFiles::open(&config)?;
+        let store = Store::open(&config.db_path)?;
+        let (sender, receiver) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let written = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            receiver,
+            logs,
+            store,
+            written: written.clone(),
+            metrics: metrics.clone(),
+            last_error: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("rawrxd-audit".into())
+            .spawn(move || writer.run())
+            .map_err(|source| AuditError::Open {
+                path: config.log_dir.clone(),
+                source,
+            })?;
+        Ok(Arc::new(Audit {
+            sender: Mutex::new(Some(sender)),
+            metrics,
+            written,
+            dropped: AtomicU64::new(0),
+            writer: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// Queues one event; never blocks.
+    pub fn record(&self, event: AuditEvent) {
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sender) = sender.as_ref() else {
+            return;
+        };
+        match sender.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.audit_dropped.inc();
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = dropped + 1,
+                        "audit writer is behind; corrections are counted but not logged"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops taking events, lets the writer finish what it has, and waits for it.
+    pub fn close(&self) {
+        drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// What the request path holds to report one request's corrections.
+#[derive(Clone)]
+pub struct HitSink {
+    pub audit: Option<Arc<Audit>>,
+    pub metrics: Arc<Metrics>,
+    pub model: Arc<str>,
+    pub endpoint: Endpoint,
+}
+
+impl HitSink {
+    pub fn record(&self, hits: Vec<Hit>) {
+        for hit in hits {
+            let detected = if hit.kind == Kind::Redact {
+                mask_secret(&hit.detected)
+            } else {
+                hit.detected
+            };
+            let mode = if hit.shadow { "shadow" } else { "enforce" };
+            self.metrics
+                .rule_hits
+                .get_or_create(&RuleLabels {
+                    rule: hit.rule_id.clone(),
+                    mode,
+                })
+                .inc();
+            tracing::debug!(
+                target: "rawrxd::correction",
+                rule = %hit.rule_id,
+                kind = hit.kind.name(),
+                shadow = hit.shadow,
+                detected = %detected,
+                corrected = %hit.corrected,
+            );
+            if let Some(audit) = &self.audit {
+                audit.record(AuditEvent {
+                    at: SystemTime::now(),
+                    rule_id: hit.rule_id,
+                    kind: hit.kind,
+                    shadow: hit.shadow,
+                    confidence: 1.0,
+                    detected,
+                    corrected: hit.corrected,
+                    model: self.model.clone(),
+                    endpoint: self.endpoint.name(),
+                });
+            }
+        }
+    }
+}
+
+/// The log line's `Type` for a rule kind.
+pub fn type_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Replace => "token_replacement",
+        Kind::Regex => "regex_filter",
+        Kind::Redact => "secret_redacted",
+        Kind::Block => "blocked_content",
+        Kind::Path => "invalid_path",
+        Kind::SystemPrompt => "system_prompt",
+        Kind::Param => "parameter",
+        Kind::Stop => "stop_sequence",
+    }
+}
+
+/// `"text"`, JSON-escaped, cut to [`MAX_LOGGED_CHARS`].
+fn quoted(text: &str) -> String {
+    let cut: String;
+    let text = if text.chars().count() > MAX_LOGGED_CHARS {
+        cut = text.chars().take(MAX_LOGGED_CHARS).chain(['…']).collect();
+        &cut
+    } else {
+        text
+    };
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A path, unquoted unless it holds something that would break the line or its fields.
+fn bare(text: &str) -> String {
+    if text.chars().any(|c| c.is_control() || c == '|') || text.trim() != text {
+        quoted(text)
+    } else {
+        text.chars().take(MAX_LOGGED_CHARS).collect()
+    }
+}
+
+/// The `corrections.log` line for one event (with its newline).
+pub fn correction_line(event: &AuditEvent, ts: &str) -> String {
+    let mut line = format!(
+        "{ts} | Type: {} | Rule: {} | Confidence: {:.2} | Detected: {} | Corrected: {}",
+        type_label(event.kind),
+        bare(&event.rule_id),
+        event.confidence,
+        quoted(&event.detected),
+        quoted(&event.corrected),
+    );
+    if event.shadow {
+        line.push_str(" | Mode: shadow");
+    }
+    line.push('\n');
+    line
+}
+
+/// The `navigation_fixes.log` line for a path fix (with its newline).
+pub fn navigation_line(event: &AuditEvent, ts: &str, reasoning: &str) -> String {
+    format!(
+        "{ts} | From: {} | To: {} | Effectiveness: {:.2} | Reasoning: {reasoning}\n",
+        bare(&event.detected),
+        bare(&event.corrected),
+        event.confidence,
+    )
+}
+
+/// One append-only log file and its rotation.
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+    keep: usize,
+}
+
+impl LogFile {
+    fn open(dir: &Path, name: &str, max: u64, keep: usize) -> Result<LogFile, AuditError> {
+        let path = dir.join(name);
+        let open_error = |source| AuditError::Open {
+            path: path.clone(),
+            source,
+        };
+        repair_torn_tail(&path).map_err(open_error)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(open_error)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(LogFile {
+            path,
+            file,
+            size,
+            max,
+            keep,
+        })
+    }
+
+    /// Appends whole lines with one write call, then rotates if the file is full.
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(lines)?;
+        self.size += lines.len() as u64;
+        if self.size >= self.max {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// `x.log` → `x.log.1.gz`, shifting older ones up and dropping the oldest past `keep`.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}.gz", self.path.display()));
+        let _ = std::fs::remove_file(numbered(self.keep));
+        for n in (1..self.keep).rev() {
+            if numbered(n).exists() {
+                std::fs::rename(numbered(n), numbered(n + 1))?;
+            }
+        }
+        let plain = PathBuf::from(format!("{}.1", self.path.display()));
+        std::fs::rename(&self.path, &plain)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        if self.keep == 0 {
+            return std::fs::remove_file(&plain);
+        }
+        compress(&plain, &numbered(1))?;
+        std::fs::remove_file(&plain)
+    }
+}
+
+/// Gzips `from` into `to` through a temporary file, so `to` is whole or absent.
+fn compress(from: &Path, to: &Path) -> std::io::Result<()> {
+    let partial = PathBuf::from(format!("{}.partial", to.display()));
+    let mut input = File::open(from)?;
+    let output = File::create(&partial)?;
+    let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
+    std::io::copy(&mut input, &mut encoder)?;
+    encoder.finish()?.sync_all()?;
+    std::fs::rename(&partial, to)
+}
+
+/// Cuts a log back to its last whole line (a crash can leave a partial last write).
+fn repair_torn_tail(path: &Path) -> std::io::Result<()> {
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Look back at most 64 KiB for the last newline; lines are far shorter.
+    let window = len.min(64 << 10);
+    file.seek(SeekFrom::Start(len - window))?;
+    let mut tail = Vec::with_capacity(window as usize);
+    file.read_to_end(&mut tail)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let keep = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => len - window + i as u64 + 1,
+        None if window == len => 0,
+        None => return Ok(()),
+    };
+    tracing::warn!(
+        path = %path.display(),
+        cut = len - keep,
+        "cutting a partial last line left by a crash"
+    );
+    file.set_len(keep)
+}
+
+struct LogFiles {
+    corrections: LogFile,
+    navigation: LogFile,
+}
+
+impl LogFiles {
+    fn open(config: &AuditConfig) -> Result<LogFiles, AuditError> {
+        std::fs::create_dir_all(&config.log_dir).map_err(|source| AuditError::LogDir {
+            path: config.log_dir.clone(),
+            source,
+        })?;
+        let open = |name| LogFile::open(&config.log_dir, name, config.max_log_bytes, config.keep);
+        Ok(LogFiles {
+            corrections: open(CORRECTIONS_LOG)?,
+            navigation: open(NAVIGATION_LOG)?,
+        })
+    }
+}
+
+struct Writer {
+    receiver: Receiver<AuditEvent>,
+    logs: LogFiles,
+    store: Store,
+    written: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    /// The last error reported, so a full disk is not reported once per batch.
+    last_error: Option<String>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Ends when every sender is gone and the channel is drained.
+        while let Ok(first) = self.receiver.recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match self.receiver.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            self.write(&batch);
+            batch.clear();
+        }
+        tracing::debug!("audit writer stopped");
+    }
+
+    fn write(&mut self, batch: &[AuditEvent]) {
+        let mut corrections = String::new();
+        let mut navigation = String::new();
+        let mut rows = Vec::with_capacity(batch.len());
+        for event in batch {
+            let ts = humantime::format_rfc3339_seconds(event.at).to_string();
+            corrections.push_str(&correction_line(event, &ts));
+            if event.kind == Kind::Path && !event.shadow {
+                navigation.push_str(&navigation_line(event, &ts, "path_index"));
+            }
+            rows.push(Correction {
+                ts_ms: event
+                    .at
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or(Duration::ZERO)
+                    .as_millis() as i64,
+                ts,
+                kind_label: type_label(event.kind).into(),
+                rule_id: event.rule_id.clone(),
+                kind: event.kind.name().into(),
+                mode: if event.shadow { "shadow" } else { "enforce" }.into(),
+                model: event.model.to_string(),
+                endpoint: event.endpoint.into(),
+                confidence: event.confidence,
+                detected: event.detected.clone(),
+                corrected: event.corrected.clone(),
+            });
+        }
+        let logged = self
+            .logs
+            .corrections
+            .append(corrections.as_bytes())
+            .and_then(|()| self.logs.navigation.append(navigation.as_bytes()));
+        if let Err(error) = logged {
+            self.report(format!("cannot write the audit log: {error}"));
+        }
+        match self.store.insert_corrections(&rows) {
+            Ok(()) => {
+                self.written.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                self.metrics.audit_written.inc_by(rows.len() as u64);
+                self.last_error = None;
+            }
+            Err(error) => self.report(format!("cannot store corrections: {error}")),
+        }
+    }
+
+    fn report(&mut self, message: String) {
+        if self.last_error.as_ref() != Some(&message) {
+            tracing::error!("{message}");
+            self.last_error = Some(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: Kind, detected: &str, corrected: &str) -> AuditEvent {
+        AuditEvent {
+            at: UNIX_EPOCH + Duration::from_secs(1_737_383_565),
+            rule_id: "fix-paths".into(),
+            kind,
+            shadow: false,
+            confidence: 0.92,
+            detected: detected.into(),
+            corrected: corrected.into(),
+            model: Arc::from("m"),
+            endpoint: "chat",
+        }
+    }
+
+    #[test]
+    fn lines_follow_the_design_format() {
+        let e = event(Kind::Path, "src/mian.rs", "src/main.rs");
+        let ts = humantime::format_rfc3339_seconds(e.at).to_string();
+        assert_eq!(ts, "2025-01-20T14:32:45Z");
+        assert_eq!(
+            correction_line(&e, &ts),
+            "2025-01-20T14:32:45Z | Type: invalid_path | Rule: fix-paths | Confidence: 0.92 | \
+             Detected: \"src/mian.rs\" | Corrected: \"src/main.rs\"\n"
+        );
+        let e = AuditEvent {
+            confidence: 0.95,
+            ..e
+        };
+        assert_eq!(
+            navigation_line(&e, &ts, "edit_distance"),
+            "2025-01-20T14:32:45Z | From: src/mian.rs | To: src/main.rs | Effectiveness: 0.95 | \
+             Reasoning: edit_distance\n"
+        );
+    }
+
+    #[test]
+    fn a_line_stays_one_line_whatever_the_text() {
+        let e = AuditEvent {
+            shadow: true,
+            ..event(Kind::Replace, "two\nlines | \"quoted\"", &"x".repeat(2000))
+        };
+        let line = correction_line(&e, "T");
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with(" | Mode: shadow\n"));
+        assert!(line.contains(r#"Detected: "two\nlines | \"quoted\"""#), "{line}");
+        assert!(line.len() < 700, "long text is cut in the log");
+        let nav = navigation_line(&event(Kind::Path, "a\nb", "c"), "T", "r");
+        assert_eq!(nav.matches('\n').count(), 1);
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "rawrxd-audit-{}-{}-{name}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_at_open() {
+        let dir = temp_dir("torn");
+        let path = dir.join("x.log");
+        std::fs::write(&path, "whole line\nhalf a li").unwrap();
+        repair_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "whole line\n");
+        std::fs::write(&path, "no newline at all").unwrap();
+        repair_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    #[test]
+    fn rotation_compresses_and_keeps_at_most_keep_files() {
+        let dir = temp_dir("rotate");
+        let mut log = LogFile::open(&dir, "c.log", 100, 2).unwrap();
+        for i in 0..10 {
+            log.append(format!("{i:0>60}\n").as_bytes()).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["c.log", "c.log.1.gz", "c.log.2.gz"]);
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(File::open(dir.join("c.log.1.gz")).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().all(|l| l.len() == 60));
+    }
+
+    #[test]
+    fn the_writer_logs_and_stores_every_event_then_stops_on_close() {
+        let dir = temp_dir("writer");
+        let metrics = Arc::new(Metrics::new());
+        let audit = Audit::start(
+            AuditConfig {
+                log_dir: dir.join("logs"),
+                db_path: dir.join("rawrxd.db"),
+                max_log_bytes: 1 << 20,
+                keep: 3,
+            },
+            metrics,
+        )
+        .unwrap();
+        for i in 0..500 {
+            audit.record(event(Kind::Path, &format!("src/f{i}.rs"), "src/main.rs"));
+        }
+        audit.close();
+        audit.record(event(Kind::Replace, "after close", "ignored"));
+        let log = std::fs::read_to_string(dir.join("logs").join(CORRECTIONS_LOG)).unwrap();
+        assert_eq!(log.lines().count(), 500);
+        let nav = std::fs::read_to_string(dir.join("logs").join(NAVIGATION_LOG)).unwrap();
+        assert_eq!(nav.lines().count(), 500);
+        assert_eq!(audit.written.load(Ordering::Relaxed), 500);
+        let store = Store::open(&dir.join("rawrxd.db")).unwrap();
+        let found = store
+            .search_corrections(&crate::store::CorrectionQuery {
+                text: Some("f499".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(found.len(), 1);
+    }
+}
