@@ -148,7 +148,9 @@ pub async fn handle(state: &ProxyState, request: Request<Incoming>) -> Answer {
         (["patching"], other) => Ok(method_not_allowed(other, "GET, PUT")),
         (["corrections"], &Method::GET) => corrections(state, request.uri().query()).await,
         (["corrections"], other) => Ok(method_not_allowed(other, "GET")),
-        _ => Err(ProxyError::NotFound(format!("no rawrxd endpoint at {path}"))),
+        _ => Err(ProxyError::NotFound(format!(
+            "no rawrxd endpoint at {path}"
+        ))),
     }
 }
 
@@ -226,7 +228,11 @@ fn decode(segment: &str) -> String {
 fn rule_view(state: &ProxyState, rule: &Rule) -> Value {
     let counters = state.counters.get(&rule.id);
     let source = rule.source.display().to_string();
-    let source = if source == "<api>" { "api".into() } else { source };
+    let source = if source == "<api>" {
+        "api".into()
+    } else {
+        source
+    };
     json!({
         "id": rule.id,
         "kind": rule.kind().name(),
@@ -499,10 +505,7 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(10_000);
         assert_eq!(parse_since("1500", now).unwrap(), 1500);
         assert_eq!(parse_since("1m", now).unwrap(), 9_940_000);
-        assert_eq!(
-            parse_since("1970-01-01T00:00:02Z", now).unwrap(),
-            2000
-        );
+        assert_eq!(parse_since("1970-01-01T00:00:02Z", now).unwrap(), 2000);
         assert!(parse_since("yesterday-ish", now).is_err());
     }
 

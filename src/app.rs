@@ -20,10 +20,7 @@ pub enum AppError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error("invalid rules in {dir}:\n{}", .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
-    Rules {
-        dir: String,
-        errors: Vec<RuleError>,
-    },
+    Rules { dir: String, errors: Vec<RuleError> },
 }
 
 /// A started proxy's background parts; the HTTP server runs on [`App::state`].

@@ -247,15 +247,47 @@ fn bare(text: &str) -> String {
 
 /// The `corrections.log` line for one event (with its newline).
 pub fn correction_line(event: &AuditEvent, ts: &str) -> String {
-    let mut line = format!(
-        "{ts} | Type: {} | Rule: {} | Confidence: {:.2} | Detected: {} | Corrected: {}",
+    format_line(
+        ts,
         type_label(event.kind),
-        bare(&event.rule_id),
+        &event.rule_id,
         event.confidence,
-        quoted(&event.detected),
-        quoted(&event.corrected),
+        &event.detected,
+        &event.corrected,
+        event.shadow,
+    )
+}
+
+/// The `corrections.log` line for a stored correction (as `rawrxd audit search` prints it).
+pub fn stored_line(c: &Correction) -> String {
+    format_line(
+        &c.ts,
+        &c.kind_label,
+        &c.rule_id,
+        c.confidence,
+        &c.detected,
+        &c.corrected,
+        c.mode == "shadow",
+    )
+}
+
+fn format_line(
+    ts: &str,
+    kind_label: &str,
+    rule_id: &str,
+    confidence: f64,
+    detected: &str,
+    corrected: &str,
+    shadow: bool,
+) -> String {
+    let mut line = format!(
+        "{ts} | Type: {kind_label} | Rule: {} | Confidence: {confidence:.2} | Detected: {} | \
+         Corrected: {}",
+        bare(rule_id),
+        quoted(detected),
+        quoted(corrected),
     );
-    if event.shadow {
+    if shadow {
         line.push_str(" | Mode: shadow");
     }
     line.push('\n');
@@ -533,7 +565,10 @@ mod tests {
         let line = correction_line(&e, "T");
         assert_eq!(line.matches('\n').count(), 1);
         assert!(line.ends_with(" | Mode: shadow\n"));
-        assert!(line.contains(r#"Detected: "two\nlines | \"quoted\"""#), "{line}");
+        assert!(
+            line.contains(r#"Detected: "two\nlines | \"quoted\"""#),
+            "{line}"
+        );
         assert!(line.len() < 700, "long text is cut in the log");
         let nav = navigation_line(&event(Kind::Path, "a\nb", "c"), "T", "r");
         assert_eq!(nav.matches('\n').count(), 1);

@@ -57,11 +57,7 @@ pin_project! {
 impl LimitedBody {
     /// Wraps `inner`; the returned cell is set if the body fails. Bytes received are counted
     /// in `stats.bytes_from_clients`.
-    pub fn new(
-        inner: Incoming,
-        limit: u64,
-        stats: Arc<Stats>,
-    ) -> (Self, Arc<OnceLock<BodyFault>>) {
+    pub fn new(inner: Incoming, limit: u64, stats: Arc<Stats>) -> (Self, Arc<OnceLock<BodyFault>>) {
         let fault = Arc::new(OnceLock::new());
         let body = LimitedBody {
             inner,

@@ -31,6 +31,52 @@ pub enum Command {
     /// Check rule files, or try rules on a text, without a server.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Read the audit trail: logs/corrections.log and the corrections table.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the last lines of corrections.log; with -f, keep printing new ones.
+    Tail {
+        /// How many lines
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+        lines: usize,
+        /// Keep printing lines as they are written (follows rotation); stop with Ctrl-C
+        #[arg(short, long)]
+        follow: bool,
+        /// Log directory [default: proxy.log_dir of the config, else logs]
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
+        /// Config file; without it ./rawrxd.toml is read when present
+        #[arg(long, value_name = "FILE", env = "RAWRXD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Search stored corrections (full-text: every word must appear in the rule id, the
+    /// detected or corrected text, or the model name).
+    Search {
+        /// Words to look for; none lists the newest corrections
+        query: Vec<String>,
+        /// Only this rule id
+        #[arg(long, value_name = "ID")]
+        rule: Option<String>,
+        /// Only since this time: 2025-01-20T14:00:00Z, a duration back (15m, 2h) or Unix ms
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Most corrections shown (the newest)
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line instead of log lines
+        #[arg(long)]
+        json: bool,
+        /// SQLite database [default: proxy.db of the config, else rawrxd.db]
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Config file; without it ./rawrxd.toml is read when present
+        #[arg(long, value_name = "FILE", env = "RAWRXD_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,6 @@
-//! The offline `rawrxd rules …` commands: the same validation and pipeline the proxy uses,
-//! on files and texts, without a server. Each returns the report to print; `main` prints it.
+//! The offline commands: `rawrxd rules …` (the same validation and pipeline the proxy uses,
+//! on files and texts, without a server) and `rawrxd audit …` (the audit log and table).
+//! Each returns the report to print, and `main` prints it; `audit tail -f` writes as it goes.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -134,6 +135,134 @@ pub fn test(input: &str, dir: &Path, model: &str, endpoint: &str) -> Report {
     if let Some(message) = &patched.blocked {
         let _ = write!(out, "\nblocked: the response would end with {message:?}");
     }
+    Ok(out)
+}
+
+/// `rawrxd audit tail`: the last `lines` lines of `corrections.log`; with `follow`, then every
+/// line appended (across rotations) until interrupted.
+pub fn audit_tail(
+    log_dir: &Path,
+    lines: usize,
+    follow: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = log_dir.join(crate::audit::CORRECTIONS_LOG);
+    let open = || std::fs::File::open(&path);
+    let mut file = match open() {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {
+            // Not written yet: wait for the proxy to create it.
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                if let Ok(file) = open() {
+                    break file;
+                }
+            }
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let text = last_lines(&mut file, lines).map_err(|e| format!("{}: {e}", path.display()))?;
+    let write_err = |e: std::io::Error| format!("cannot write: {e}");
+    out.write_all(text.as_bytes()).map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    if !follow {
+        return Ok(());
+    }
+    let mut position = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    let mut partial = Vec::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < position {
+            // Rotated (or truncated): start over on the new file.
+            if let Ok(new) = open() {
+                file = new;
+                position = 0;
+                partial.clear();
+            }
+        }
+        let mut fresh = Vec::new();
+        file.seek(SeekFrom::Start(position))
+            .and_then(|_| file.read_to_end(&mut fresh))
+            .map_err(|e| e.to_string())?;
+        position += fresh.len() as u64;
+        partial.extend_from_slice(&fresh);
+        if let Some(end) = partial.iter().rposition(|&b| b == b'\n') {
+            out.write_all(&partial[..=end]).map_err(write_err)?;
+            out.flush().map_err(write_err)?;
+            partial.drain(..=end);
+        }
+    }
+}
+
+/// The last `n` whole lines of `file`, read backwards in blocks.
+fn last_lines(file: &mut std::fs::File, n: usize) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.seek(SeekFrom::End(0))?;
+    let mut start = len;
+    let mut tail = Vec::new();
+    while start > 0 && tail.iter().filter(|&&b| b == b'\n').count() <= n {
+        let block = start.min(64 << 10);
+        start -= block;
+        file.seek(SeekFrom::Start(start))?;
+        let mut chunk = vec![0; block as usize];
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+    }
+    let text = String::from_utf8_lossy(&tail);
+    let all: Vec<&str> = text.lines().collect();
+    let keep = &all[all.len().saturating_sub(n)..];
+    Ok(keep.iter().map(|l| format!("{l}\n")).collect())
+}
+
+/// `rawrxd audit search`: stored corrections matching the words of `query` (and the filters),
+/// oldest first, as log lines or as JSON lines.
+pub fn audit_search(
+    db: &Path,
+    query: &str,
+    rule: Option<String>,
+    since: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Report {
+    if !db.exists() {
+        return Err(format!(
+            "no database at {} (the proxy creates it; use --db to point elsewhere)",
+            db.display()
+        ));
+    }
+    let since_ms = match since {
+        Some(text) => Some(
+            crate::admin::parse_since(text, std::time::SystemTime::now())
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let store = crate::store::Store::open_read_only(db).map_err(|e| e.to_string())?;
+    let mut found = store
+        .search_corrections(&crate::store::CorrectionQuery {
+            text: Some(query.to_string()).filter(|q| !q.trim().is_empty()),
+            rule,
+            since_ms,
+            limit,
+        })
+        .map_err(|e| e.to_string())?;
+    found.reverse();
+    let mut out = String::new();
+    for correction in &found {
+        if json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string(correction).unwrap_or_default()
+            );
+        } else {
+            out.push_str(&crate::audit::stored_line(correction));
+        }
+    }
+    let _ = write!(out, "{} correction(s) found", found.len());
     Ok(out)
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use rawrxd::app::App;
-use rawrxd::cli::{Cli, Command, ProxyArgs, RulesCommand};
+use rawrxd::cli::{AuditCommand, Cli, Command, ProxyArgs, RulesCommand};
 use rawrxd::{config, server, shutdown, telemetry};
 
 fn main() -> ExitCode {
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Proxy(args) => proxy(args),
         Command::Rules(command) => return rules(command),
+        Command::Audit(command) => return audit(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,6 +53,77 @@ fn rules(command: RulesCommand) -> ExitCode {
     }
 }
 
+/// `rawrxd audit …`: paths come from the flags, else from the config (file and environment).
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the binary's own output
+fn audit(command: AuditCommand) -> ExitCode {
+    use rawrxd::commands;
+    let paths = |config: Option<&std::path::Path>, overrides: config::ProxyOverrides| {
+        config::load(config, &overrides).map(|raw| raw.proxy)
+    };
+    let result = match command {
+        AuditCommand::Tail {
+            lines,
+            follow,
+            log_dir,
+            config,
+        } => paths(
+            config.as_deref(),
+            config::ProxyOverrides {
+                log_dir,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|proxy| {
+            commands::audit_tail(&proxy.log_dir, lines, follow, &mut std::io::stdout().lock())
+                .map(|()| None)
+        }),
+        AuditCommand::Search {
+            query,
+            rule,
+            since,
+            limit,
+            json,
+            db,
+            config,
+        } => paths(
+            config.as_deref(),
+            config::ProxyOverrides {
+                db,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|proxy| {
+            commands::audit_search(
+                &proxy.db,
+                &query.join(" "),
+                rule,
+                since.as_deref(),
+                limit,
+                json,
+            )
+            .map(Some)
+        }),
+    };
+    match result {
+        Ok(Some(text)) => {
+            // The count goes to stderr, so stdout holds only lines (for pipes and --json).
+            let (lines, count) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+            if !lines.is_empty() {
+                println!("{lines}");
+            }
+            eprintln!("{count}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(text) => {
+            eprintln!("error: {text}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let raw = config::load(args.config.as_deref(), &args.overrides())?;
     let config = raw.proxy.validate()?;
@@ -69,11 +141,7 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         app.state.live.load().pipeline.table().rules.len(),
         app.state.config.rules_dir.display()
     );
-    let finished = runtime.block_on(server::run(
-        listener,
-        app.state.clone(),
-        shutdown::signal(),
-    ));
+    let finished = runtime.block_on(server::run(listener, app.state.clone(), shutdown::signal()));
     if !finished.drained {
         tracing::warn!("exiting with requests still in flight");
     }

@@ -209,7 +209,10 @@ mod tests {
             text.contains("rawrxd_requests_total{endpoint=\"chat\",status=\"200\"} 1"),
             "{text}"
         );
-        assert!(text.contains("rawrxd_overhead_seconds_bucket{le="), "{text}");
+        assert!(
+            text.contains("rawrxd_overhead_seconds_bucket{le="),
+            "{text}"
+        );
         assert!(text.contains("rawrxd_rules_valid 1"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
     }

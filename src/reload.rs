@@ -235,7 +235,10 @@ impl Worker {
             if let Some((first, last)) = pending {
                 wake = wake.min((last + DEBOUNCE).min(first + MAX_DELAY));
             }
-            match self.receiver.recv_timeout(wake.saturating_duration_since(now)) {
+            match self
+                .receiver
+                .recv_timeout(wake.saturating_duration_since(now))
+            {
                 Ok(Command::Changed) => {
                     if *stop.lock().unwrap_or_else(|e| e.into_inner()) {
                         return;

@@ -101,8 +101,7 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
     let endpoint = (parts.method == Method::POST)
         .then(|| Endpoint::of_path(parts.uri.path()))
         .flatten();
-    let patchable =
-        endpoint.filter(|_| !live.pipeline.is_empty() && state.patching_enabled());
+    let patchable = endpoint.filter(|_| !live.pipeline.is_empty() && state.patching_enabled());
     let (body, patch) = match patchable {
         Some(endpoint) => {
             let bytes = match body.collect().await {

@@ -336,7 +336,10 @@ impl Rule {
             endpoints: Some(if self.endpoints.is_empty() {
                 vec!["*".to_string()]
             } else {
-                self.endpoints.iter().map(|e| e.name().to_string()).collect()
+                self.endpoints
+                    .iter()
+                    .map(|e| e.name().to_string())
+                    .collect()
             }),
             description: self.description.clone(),
             ..RuleSpec::default()

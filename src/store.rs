@@ -10,6 +10,10 @@
 //! back ([`Store::load_rules`]). Other programs may write rules too; `meta.rules_version`
 //! (kept by triggers) tells a rule change apart from an audit write.
 //!
+//! Every write runs in an `IMMEDIATE` transaction: two connections write this file (the rule
+//! manager and the audit writer), and a deferred transaction that read first would fail at
+//! once with `SQLITE_BUSY` instead of waiting for the other's commit.
+//!
 //! A [`Store`] is one blocking rusqlite connection: it lives on a background thread (the
 //! reloader, the audit writer) or inside `spawn_blocking`, never on a runtime worker.
 
@@ -17,7 +21,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 
 use crate::rules::{Kind, RuleSpec};
 
@@ -210,7 +216,9 @@ impl Store {
             });
         }
         for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(sql)
                 .map_err(|source| StoreError::Migration { name, source })?;
             tx.execute(
@@ -244,7 +252,9 @@ impl Store {
     /// transaction: files whose rules changed are rewritten, files that are gone are deleted,
     /// the others are left alone. Rules from the API are not touched.
     pub fn sync_files(&mut self, files: &[FileRules]) -> Result<SyncReport, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: HashMap<String, String> = {
             let mut statement = tx.prepare("SELECT path, sha256 FROM rule_files")?;
             let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
@@ -336,7 +346,9 @@ impl Store {
     /// Stores an API rule, replacing the API rule of the same id (its position is kept).
     pub fn put_api_rule(&mut self, spec: &RuleSpec) -> Result<(), StoreError> {
         let id = spec.id.clone().unwrap_or_default();
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let position: Option<i64> = tx
             .query_row(
                 "SELECT position FROM correction_patterns WHERE id = ?1 AND source = 'api'
@@ -382,7 +394,9 @@ impl Store {
 
     /// Deletes rule `id` and its switch; true when it existed.
     pub fn delete_rule(&mut self, id: &str) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let deleted = tx.execute("DELETE FROM correction_patterns WHERE id = ?1", [id])?
             + tx.execute("DELETE FROM behavior_patches WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM rule_overrides WHERE id = ?1", [id])?;
@@ -402,7 +416,9 @@ impl Store {
 
     /// Appends corrections in one transaction.
     pub fn insert_corrections(&mut self, rows: &[Correction]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut statement = tx.prepare_cached(
                 "INSERT INTO corrections (ts, ts_ms, type, rule_id, kind, mode, model, endpoint,
@@ -519,7 +535,10 @@ fn insert_rule(
 }
 
 fn delete_source(tx: &Transaction<'_>, source: &str) -> Result<(), StoreError> {
-    tx.execute("DELETE FROM correction_patterns WHERE source = ?1", [source])?;
+    tx.execute(
+        "DELETE FROM correction_patterns WHERE source = ?1",
+        [source],
+    )?;
     tx.execute("DELETE FROM behavior_patches WHERE source = ?1", [source])?;
     Ok(())
 }

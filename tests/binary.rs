@@ -5,61 +5,17 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rawrxd");
 
-/// A running `rawrxd proxy` and the lines it logs.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    logs: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_proxy(args: &[&str]) -> Running {
-    let dir = tempdir();
-    let mut child = Command::new(BIN)
-        .arg("proxy")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .current_dir(&dir)
-        .env("RUST_LOG", "info")
-        .env_remove("RAWRXD_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, logs) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let addr = loop {
-        let line = logs
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the proxy never logged its address");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    Running { child, addr, logs }
+fn spawn_proxy(args: &[&str]) -> Spawned {
+    let mut all = vec!["proxy", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    spawn_binary(&all, &tempdir())
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -10,17 +10,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::*;
 
-/// `n` NDJSON lines whose text is "alpha ", `delay` apart, then a done line.
 fn alpha_stream(n: usize, delay: Duration) -> Script {
-    let mut lines: Vec<String> = (0..n)
-        .map(|_| r#"{"model":"m","response":"alpha ","done":false}"#.to_string())
-        .collect();
-    lines.push(r#"{"model":"m","response":"","done":true}"#.to_string());
-    Script::ndjson(&lines, delay)
+    word_stream("alpha", n, delay)
 }
 
 fn replace_rule(id: &str, find: &str, replace: &str) -> String {
-    format!("[[rule]]\nid = \"{id}\"\nkind = \"replace\"\nfind = \"{find}\"\nreplace = \"{replace}\"\n")
+    format!(
+        "[[rule]]\nid = \"{id}\"\nkind = \"replace\"\nfind = \"{find}\"\nreplace = \"{replace}\"\n"
+    )
 }
 
 const GENERATE: &[u8] = br#"{"model":"m","prompt":"hi"}"#;
@@ -106,7 +103,10 @@ async fn editing_a_rule_file_under_50_streams_fails_nothing_and_is_live_within_a
         assert!(done);
         match text.as_str() {
             t if t == "ONE ".repeat(20) => {
-                assert!(first_new.is_none(), "old rules after new ones (at {sent:?})")
+                assert!(
+                    first_new.is_none(),
+                    "old rules after new ones (at {sent:?})"
+                )
             }
             t if t == "TWO ".repeat(20) => {
                 first_new.get_or_insert(sent);
@@ -135,9 +135,11 @@ async fn an_invalid_file_keeps_the_last_good_rules_and_shows_in_health_until_fix
         &file,
         "[[rule]]\nid = \"broken\"\nkind = \"regex\"\npattern = \"(unclosed\"\nreplace = \"x\"\n",
     );
-    eventually(Duration::from_secs(2), "health reports the bad file", || async {
-        get_json(&proxy, "/rawrxd/health").await["rules"]["status"] == "error"
-    })
+    eventually(
+        Duration::from_secs(2),
+        "health reports the bad file",
+        || async { get_json(&proxy, "/rawrxd/health").await["rules"]["status"] == "error" },
+    )
     .await;
     let health = get_json(&proxy, "/rawrxd/health").await;
     assert_eq!(health["status"], "degraded");
@@ -154,10 +156,14 @@ async fn an_invalid_file_keeps_the_last_good_rules_and_shows_in_health_until_fix
     assert!(metrics.contains("rawrxd_rule_reloads_total{result=\"error\"}"));
 
     save(&file, &replace_rule("alpha", "alpha", "FIXED"));
-    eventually(Duration::from_secs(2), "the fixed file goes live", || async {
-        let (text, _) = stream_text(&call(proxy.addr, "POST", "/api/generate", GENERATE).await);
-        text == "FIXED FIXED FIXED "
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the fixed file goes live",
+        || async {
+            let (text, _) = stream_text(&call(proxy.addr, "POST", "/api/generate", GENERATE).await);
+            text == "FIXED FIXED FIXED "
+        },
+    )
     .await;
     let health = get_json(&proxy, "/rawrxd/health").await;
     assert_eq!(health["rules"]["status"], "ok");
@@ -255,12 +261,16 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
     assert!(seen.json()["error"].as_str().unwrap().contains("token"));
     let wrong = [("authorization", "Bearer nope")];
     assert_eq!(
-        call_with(addr, "POST", "/rawrxd/rules", body.as_bytes(), &wrong).await.status,
+        call_with(addr, "POST", "/rawrxd/rules", body.as_bytes(), &wrong)
+            .await
+            .status,
         401
     );
     assert_eq!(call(addr, "POST", "/rawrxd/reload", b"").await.status, 401);
     assert_eq!(
-        call(addr, "PUT", "/rawrxd/patching", br#"{"enabled":false}"#).await.status,
+        call(addr, "PUT", "/rawrxd/patching", br#"{"enabled":false}"#)
+            .await
+            .status,
         401
     );
     assert_eq!(call(addr, "GET", "/rawrxd/rules", b"").await.status, 200);
@@ -269,10 +279,22 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
     let cases: &[(&[u8], u16, &str)] = &[
         (b"", 400, "JSON body is required"),
         (b"{not json", 400, "invalid JSON"),
-        (br#"{"id":"x","kind":"replace","find":"a","replace":"b","colour":1}"#, 400, "colour"),
+        (
+            br#"{"id":"x","kind":"replace","find":"a","replace":"b","colour":1}"#,
+            400,
+            "colour",
+        ),
         (br#"{"id":"x","find":"a"}"#, 400, "kind"),
-        (br#"{"id":"x","kind":"regex","pattern":"(","replace":""}"#, 400, "pattern"),
-        (br#"{"id":"from-file","kind":"replace","find":"a","replace":"b"}"#, 409, "file.toml"),
+        (
+            br#"{"id":"x","kind":"regex","pattern":"(","replace":""}"#,
+            400,
+            "pattern",
+        ),
+        (
+            br#"{"id":"from-file","kind":"replace","find":"a","replace":"b"}"#,
+            409,
+            "file.toml",
+        ),
     ];
     for (body, status, says) in cases {
         let seen = call_with(addr, "POST", "/rawrxd/rules", body, &auth).await;
@@ -282,7 +304,9 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
     }
     let huge = vec![b' '; 2 << 20];
     assert_eq!(
-        call_with(addr, "POST", "/rawrxd/rules", &huge, &auth).await.status,
+        call_with(addr, "POST", "/rawrxd/rules", &huge, &auth)
+            .await
+            .status,
         413
     );
 
@@ -294,17 +318,35 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
     assert_eq!(again.status, 409);
     let seen = call(addr, "POST", "/api/generate", GENERATE).await;
     assert_eq!(stream_text(&seen).0, "API API ");
-    let overhead: f64 = seen.header("x-rawrxd-overhead-ms").unwrap().parse().unwrap();
+    let overhead: f64 = seen
+        .header("x-rawrxd-overhead-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((0.0..1000.0).contains(&overhead));
 
     // PUT: id mismatch → 400; file rules → 409; replace an API rule → 200.
     let mismatch = call_with(addr, "PUT", "/rawrxd/rules/other", body.as_bytes(), &auth).await;
     assert_eq!(mismatch.status, 400);
     let file_rule = json!({"kind": "replace", "find": "a", "replace": "b"}).to_string();
-    let seen = call_with(addr, "PUT", "/rawrxd/rules/from-file", file_rule.as_bytes(), &auth).await;
+    let seen = call_with(
+        addr,
+        "PUT",
+        "/rawrxd/rules/from-file",
+        file_rule.as_bytes(),
+        &auth,
+    )
+    .await;
     assert_eq!(seen.status, 409);
     let replaced = json!({"kind": "replace", "find": "alpha", "replace": "PUT"}).to_string();
-    let seen = call_with(addr, "PUT", "/rawrxd/rules/api-alpha", replaced.as_bytes(), &auth).await;
+    let seen = call_with(
+        addr,
+        "PUT",
+        "/rawrxd/rules/api-alpha",
+        replaced.as_bytes(),
+        &auth,
+    )
+    .await;
     assert_eq!(seen.status, 200, "{}", seen.text());
     assert_eq!(
         stream_text(&call(addr, "POST", "/api/generate", GENERATE).await).0,
@@ -319,16 +361,40 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
         "alpha alpha "
     );
     call_with(addr, "POST", "/rawrxd/rules/api-alpha/enable", b"", &auth).await;
-    let off = call_with(addr, "PUT", "/rawrxd/patching", br#"{"enabled":false}"#, &auth).await;
+    let off = call_with(
+        addr,
+        "PUT",
+        "/rawrxd/patching",
+        br#"{"enabled":false}"#,
+        &auth,
+    )
+    .await;
     assert_eq!(off.status, 200);
     assert_eq!(
         stream_text(&call(addr, "POST", "/api/generate", GENERATE).await).0,
         "alpha alpha "
     );
-    assert_eq!(get_json(&proxy, "/rawrxd/stats").await["hotPatchingEnabled"], false);
-    let bad = call_with(addr, "PUT", "/rawrxd/patching", br#"{"enabled":"no"}"#, &auth).await;
+    assert_eq!(
+        get_json(&proxy, "/rawrxd/stats").await["hotPatchingEnabled"],
+        false
+    );
+    let bad = call_with(
+        addr,
+        "PUT",
+        "/rawrxd/patching",
+        br#"{"enabled":"no"}"#,
+        &auth,
+    )
+    .await;
     assert_eq!(bad.status, 400);
-    call_with(addr, "PUT", "/rawrxd/patching", br#"{"enabled":true}"#, &auth).await;
+    call_with(
+        addr,
+        "PUT",
+        "/rawrxd/patching",
+        br#"{"enabled":true}"#,
+        &auth,
+    )
+    .await;
     assert_eq!(
         stream_text(&call(addr, "POST", "/api/generate", GENERATE).await).0,
         "PUT PUT "
@@ -343,7 +409,12 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
     assert_eq!(del("missing").await, 404);
     assert_eq!(del("from-file").await, 409);
     assert_eq!(del("api-alpha").await, 200);
-    assert_eq!(call(addr, "GET", "/rawrxd/rules/api-alpha", b"").await.status, 404);
+    assert_eq!(
+        call(addr, "GET", "/rawrxd/rules/api-alpha", b"")
+            .await
+            .status,
+        404
+    );
     assert_eq!(call(addr, "PATCH", "/rawrxd/rules", b"").await.status, 401);
     let wrong_method = call_with(addr, "PATCH", "/rawrxd/rules", b"", &auth).await;
     assert_eq!(wrong_method.status, 405);
@@ -374,7 +445,11 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
     assert!(metrics.contains("rawrxd_requests_total{endpoint=\"generate\",status=\"200\"}"));
     assert!(metrics.contains("rawrxd_overhead_seconds_bucket{"));
     eventually(Duration::from_secs(2), "corrections searchable", || async {
-        let found = get_json(&proxy, "/rawrxd/corrections?q=alpha&rule=api-alpha&limit=50").await;
+        let found = get_json(
+            &proxy,
+            "/rawrxd/corrections?q=alpha&rule=api-alpha&limit=50",
+        )
+        .await;
         found["corrections"].as_array().unwrap().len() == 6
     })
     .await;
@@ -386,7 +461,7 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
     proxy.shutdown().await;
     let log = std::fs::read_to_string(dir.join("logs/corrections.log")).unwrap();
     assert_eq!(log.lines().count(), 6, "{log}");
-    assert!(log
-        .lines()
-        .all(|l| l.contains("| Type: token_replacement | Rule: api-alpha | Confidence: 1.00 | Detected: \"alpha\" |")));
+    assert!(log.lines().all(|l| l.contains(
+        "| Type: token_replacement | Rule: api-alpha | Confidence: 1.00 | Detected: \"alpha\" |"
+    )));
 }

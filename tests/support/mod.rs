@@ -447,7 +447,9 @@ impl TestProxy {
         }
         let finished = self.task.take().unwrap().await.unwrap();
         if let Some(app) = self.app.take() {
-            tokio::task::spawn_blocking(move || app.stop()).await.unwrap();
+            tokio::task::spawn_blocking(move || app.stop())
+                .await
+                .unwrap();
         }
         finished
     }
@@ -590,6 +592,66 @@ pub fn raw_status(response: &[u8]) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}
+
+/// An Ollama `/api/generate` stream: `n` lines whose text is `"{word} "`, `delay` before
+/// each, then a done line.
+pub fn word_stream(word: &str, n: usize, delay: Duration) -> Script {
+    let mut lines: Vec<String> = (0..n)
+        .map(|_| format!(r#"{{"model":"m","response":"{word} ","done":false}}"#))
+        .collect();
+    lines.push(r#"{"model":"m","response":"","done":true}"#.to_string());
+    Script::ndjson(&lines, delay)
+}
+
+/// A running `rawrxd` binary (killed when dropped), its address (read from its "listening
+/// on" log line) and its stderr lines.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `rawrxd ARGS` in `cwd` with `RUST_LOG=info` and waits for its listening address.
+pub fn spawn_binary(args: &[&str], cwd: &std::path::Path) -> Spawned {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rawrxd"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "info")
+        .env_remove("RAWRXD_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(20))
+            .expect("rawrxd never logged its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    Spawned { child, addr, logs }
 }
 
 /// An NDJSON line like Ollama streams.
