@@ -320,3 +320,32 @@ async fn audit_commands_read_the_log_and_search_the_table() {
     follower.kill().unwrap();
     let _ = follower.wait();
 }
+
+#[tokio::test]
+async fn sigterm_flushes_every_queued_audit_line_before_exit() {
+    let upstream = Upstream::start(alpha_stream(200, Duration::ZERO)).await;
+    let dir = tempdir("sigterm-audit");
+    rule_file(&dir, "A");
+    let mut proxy = spawn_in(&dir, &upstream.url());
+    for _ in 0..10 {
+        assert!(complete(
+            &call(proxy.addr, "POST", "/api/generate", GENERATE).await
+        ));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(proxy.child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.join("logs/corrections.log")).unwrap();
+    assert_eq!(log.lines().count(), 2000);
+    let store = rawrxd::store::Store::open(&dir.join("rawrxd.db")).unwrap();
+    let rows = store
+        .search_corrections(&rawrxd::store::CorrectionQuery {
+            limit: 5000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 2000);
+}

@@ -465,3 +465,41 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
         "| Type: token_replacement | Rule: api-alpha | Confidence: 1.00 | Detected: \"alpha\" |"
     )));
 }
+
+#[tokio::test]
+async fn a_rule_directory_created_after_start_is_picked_up() {
+    let upstream = Upstream::start(alpha_stream(2, Duration::ZERO)).await;
+    let dir = tempdir("latedir");
+    let mut proxy = TestProxy::app(&upstream.url(), &dir, |_| {}).await;
+    assert!(proxy.state.live.load().pipeline.table().rules.is_empty());
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    save(
+        &dir.join("rules/late.toml"),
+        &replace_rule("late", "alpha", "LATE"),
+    );
+    eventually(
+        Duration::from_secs(3),
+        "rules from a new directory",
+        || async {
+            let (text, _) = stream_text(&call(proxy.addr, "POST", "/api/generate", GENERATE).await);
+            text == "LATE LATE "
+        },
+    )
+    .await;
+    // Once the directory is watched, edits are fast again.
+    save(
+        &dir.join("rules/late.toml"),
+        &replace_rule("late", "alpha", "AGAIN"),
+    );
+    let took = eventually(
+        Duration::from_secs(2),
+        "edit in the new directory",
+        || async {
+            let (text, _) = stream_text(&call(proxy.addr, "POST", "/api/generate", GENERATE).await);
+            text == "AGAIN AGAIN "
+        },
+    )
+    .await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    proxy.shutdown().await;
+}
