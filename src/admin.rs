@@ -424,8 +424,8 @@ fn metrics_text(state: &ProxyState) -> Response<ProxyBody> {
     response
 }
 
-/// Parses the query of `/rawrxd/corrections`.
-fn correction_query(query: Option<&str>) -> Result<CorrectionQuery, ProxyError> {
+/// Parses the query of `/rawrxd/corrections` (400 with the reason when it is wrong).
+pub fn correction_query(query: Option<&str>) -> Result<CorrectionQuery, ProxyError> {
     let mut out = CorrectionQuery {
         limit: DEFAULT_LIMIT,
         ..CorrectionQuery::default()
