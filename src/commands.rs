@@ -162,14 +162,14 @@ pub fn audit_tail(
         }
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let text = last_lines(&mut file, lines).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (text, mut position) =
+        last_lines(&mut file, lines).map_err(|e| format!("{}: {e}", path.display()))?;
     let write_err = |e: std::io::Error| format!("cannot write: {e}");
     out.write_all(text.as_bytes()).map_err(write_err)?;
     out.flush().map_err(write_err)?;
     if !follow {
         return Ok(());
     }
-    let mut position = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     let mut partial = Vec::new();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -196,8 +196,10 @@ pub fn audit_tail(
     }
 }
 
-/// The last `n` whole lines of `file`, read backwards in blocks.
-fn last_lines(file: &mut std::fs::File, n: usize) -> std::io::Result<String> {
+/// The last `n` whole lines of `file`, read backwards in blocks, and where they end. A last
+/// line without its newline (the writer is mid-write, or was killed mid-write) is not whole
+/// and is left out.
+fn last_lines(file: &mut std::fs::File, n: usize) -> std::io::Result<(String, u64)> {
     use std::io::{Read, Seek, SeekFrom};
     let len = file.seek(SeekFrom::End(0))?;
     let mut start = len;
@@ -211,10 +213,12 @@ fn last_lines(file: &mut std::fs::File, n: usize) -> std::io::Result<String> {
         chunk.extend_from_slice(&tail);
         tail = chunk;
     }
-    let text = String::from_utf8_lossy(&tail);
+    let whole = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let end = len - (tail.len() - whole) as u64;
+    let text = String::from_utf8_lossy(&tail[..whole]);
     let all: Vec<&str> = text.lines().collect();
     let keep = &all[all.len().saturating_sub(n)..];
-    Ok(keep.iter().map(|l| format!("{l}\n")).collect())
+    Ok((keep.iter().map(|l| format!("{l}\n")).collect(), end))
 }
 
 /// `rawrxd audit search`: stored corrections matching the words of `query` (and the filters),
@@ -313,5 +317,20 @@ mod tests {
             "{report}"
         );
         assert!(test("x", &dir, "m", "nope").is_err());
+    }
+
+    #[test]
+    fn tail_shows_only_whole_lines() {
+        let path = std::env::temp_dir().join(format!("rawrxd-tail-{}.log", std::process::id()));
+        std::fs::write(&path, "one\ntwo\nthree\nhalf a li").unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let (text, end) = last_lines(&mut file, 2).unwrap();
+        assert_eq!(text, "two\nthree\n");
+        assert_eq!(end, "one\ntwo\nthree\n".len() as u64);
+        let (text, _) = last_lines(&mut file, 10).unwrap();
+        assert_eq!(text, "one\ntwo\nthree\n");
+        let (text, _) = last_lines(&mut file, 0).unwrap();
+        assert_eq!(text, "");
+        std::fs::remove_file(&path).unwrap();
     }
 }
