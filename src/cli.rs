@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the reverse proxy in front of an Ollama-compatible server.
     Proxy(ProxyArgs),
+    /// Serve GGUF models with an Ollama-compatible API (llama.cpp).
+    Serve(crate::serve::ServeArgs),
     /// Check rule files, or try rules on a text, without a server.
     #[command(subcommand)]
     Rules(RulesCommand),

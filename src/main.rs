@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Proxy(args) => proxy(args),
         Command::Rules(command) => return rules(command),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +80,36 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let state = Arc::new(ProxyState::with_rules(config, live));
         let finished = server::run(listener, state, shutdown::signal()).await;
+        if !finished.drained {
+            tracing::warn!("exiting with requests still in flight");
+        }
+        Ok(())
+    })
+}
+
+fn serve(args: rawrxd::serve::ServeArgs) -> anyhow::Result<()> {
+    use rawrxd::serve;
+    let config = args
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid serve flags: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let state = Arc::new(serve::ServeState::new(&config));
+        if config.preload {
+            let (state, config) = (state.clone(), config.clone());
+            tokio::spawn(async move {
+                if let Err(e) = serve::preload(&state, &config).await {
+                    tracing::error!("preload failed: {e}");
+                }
+            });
+        }
+        let finished = serve::run(listener, state, shutdown::signal(), config.shutdown_grace).await;
         if !finished.drained {
             tracing::warn!("exiting with requests still in flight");
         }
