@@ -642,3 +642,170 @@ fn a_disconnected_client_frees_its_slot_at_once() {
         started.elapsed()
     );
 }
+
+#[test]
+fn full_queue_is_503_and_keep_alive_zero_unloads() {
+    let _shared = shared();
+    let args = ServeArgs {
+        listen: "127.0.0.1:0".into(),
+        models: None,
+        model: vec![model_path()],
+        parallel: 1,
+        threads: Some(2),
+        ctx_size: 2048,
+        queue: 0,
+        preload: false,
+    };
+    let config = args.validate().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let state = std::sync::Arc::new(ServeState::new(&config));
+            rawrxd::serve::run(
+                listener,
+                state,
+                std::future::pending(),
+                config.shutdown_grace,
+            )
+            .await;
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let body = |v: Value| v.to_string().into_bytes();
+
+    // A request without a prompt only loads the model.
+    let load = call(
+        addr,
+        "POST",
+        "/api/generate",
+        Some(&body(json!({"model": MODEL}))),
+        "",
+    )
+    .json();
+    assert_eq!(
+        (load["done"].clone(), load["done_reason"].clone()),
+        (json!(true), json!("load"))
+    );
+    let ps = call(addr, "GET", "/api/ps", None, "").json();
+    assert_eq!(ps["models"].as_array().unwrap().len(), 1);
+
+    // One slot, no queue: a second request while the first runs is refused.
+    let long = json!({"model": MODEL, "prompt": "Count:", "options": {"num_predict": 1500, "temperature": 1.5}});
+    let stream = send_raw(addr, "POST", "/api/generate", Some(&body(long)), "");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.contains("\"response\"") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    let busy = call(
+        addr,
+        "POST",
+        "/api/generate",
+        Some(&body(json!({"model": MODEL, "prompt": "x"}))),
+        "",
+    );
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    assert!(busy.json()["error"].as_str().unwrap().contains("busy"));
+    drop(reader);
+
+    // keep_alive 0 unloads once the model is idle (the hung-up request's slot frees within
+    // moments; until then the refusal continues).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        let reply = call(
+            addr,
+            "POST",
+            "/api/generate",
+            Some(&body(
+                json!({"model": MODEL, "prompt": "x", "keep_alive": 0, "stream": false, "options": {"num_predict": 1}}),
+            )),
+            "",
+        );
+        if reply.status != 503 || Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = call(addr, "GET", "/api/ps", None, "").json();
+        if ps["models"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still loaded: {ps}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The real binary: `--help` names the contract's flags; `--preload` loads the `--model` at
+/// start and `/health` turns 200 once it is loaded.
+#[test]
+fn binary_serve_preloads_and_reports_health() {
+    let _shared = shared();
+    const BIN: &str = env!("CARGO_BIN_EXE_rawrxd");
+    let help = std::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--listen", "--models", "--model", "--parallel", "--threads"] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--preload",
+            "--parallel",
+            "1",
+            "--ctx-size",
+            "512",
+        ])
+        .arg("--model")
+        .arg(model_path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: SocketAddr = loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no address logged");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let health = call(addr, "GET", "/health", None, "");
+        if health.status == 200 {
+            break;
+        }
+        assert_eq!(health.status, 503, "{}", health.text());
+        assert!(Instant::now() < deadline, "never became healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ps = call(addr, "GET", "/api/ps", None, "").json();
+    assert_eq!(ps["models"][0]["name"], format!("{MODEL}:latest"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

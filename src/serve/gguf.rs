@@ -122,7 +122,7 @@ impl<R: Read> Reader<R> {
             3 => Value::from(i16::from_le_bytes(self.array()?)),
             4 => Value::from(self.u32()?),
             5 => Value::from(i32::from_le_bytes(self.array()?)),
-            6 => float(f32::from_le_bytes(self.array()?).into()),
+            6 => float32(f32::from_le_bytes(self.array()?)),
             7 => Value::from(self.array::<1>()?[0] != 0),
             8 => Value::from(self.string()?),
             9 => {
@@ -154,6 +154,11 @@ impl<R: Read> Reader<R> {
             other => return Err(format!("unknown value type {other}")),
         })
     }
+}
+
+/// An `f32` as the shortest decimal that reads back as it (`1e-6`, not `9.99999997e-7`).
+fn float32(v: f32) -> Value {
+    float(v.to_string().parse().unwrap_or(f64::from(v)))
 }
 
 fn float(v: f64) -> Value {

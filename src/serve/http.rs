@@ -303,7 +303,43 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn lines() -> Format {
+        Box::new(|event| {
+            Bytes::from(match event {
+                Event::Text(t) => format!("text {t}\n"),
+                Event::Done(_) => "done\n".to_string(),
+                Event::Error(e) | Event::Rejected(e) => format!("error {e}\n"),
+            })
+        })
+    }
+
+    /// A stream whose engine side vanishes without `Done` ends with an error frame, never
+    /// cleanly.
+    #[tokio::test]
+    async fn a_cut_stream_ends_with_an_error_frame() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Event::Text("b".into())).unwrap();
+        drop(tx);
+        let body = EventBody::new(Event::Text("a".into()), rx, lines());
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &bytes[..],
+            b"text a\ntext b\nerror the generation ended unexpectedly\n"
+        );
+    }
+
+    /// Dropping the body (the client went away) closes the engine's sender side.
+    #[test]
+    fn dropping_the_body_closes_the_channel() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let body = EventBody::new(Event::Text("a".into()), rx, lines());
+        assert!(!tx.is_closed());
+        drop(body);
+        assert!(tx.is_closed());
+    }
 
     /// Pins the error → status mapping clients rely on.
     #[test]
