@@ -809,3 +809,81 @@ fn binary_serve_preloads_and_reports_health() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn prompts_longer_than_a_batch_are_chunked_and_too_long_ones_are_400() {
+    let _shared = shared();
+    // ~700 tokens: more than one 512-token batch, less than the 1024-token slot.
+    let long = "apple banana cherry ".repeat(250);
+    let reply = generate(
+        json!({"model": MODEL, "prompt": long, "raw": true, "stream": false, "options": {"num_predict": 3}}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    let prompt = body["prompt_eval_count"].as_u64().unwrap();
+    assert!((512..1024).contains(&prompt), "{prompt}");
+
+    let too_long = "apple banana cherry ".repeat(400);
+    let reply =
+        generate(json!({"model": MODEL, "prompt": too_long, "options": {"num_predict": 3}}));
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("context length"));
+}
+
+#[test]
+fn embeddings_ollama_and_openai() {
+    let _shared = shared();
+    let reply = post(
+        "/api/embed",
+        &json!({"model": MODEL, "input": ["hello world", "Grüße 🌍"]}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    let vectors = body["embeddings"].as_array().unwrap();
+    assert_eq!(vectors.len(), 2);
+    for v in vectors {
+        let v: Vec<f64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(v.len(), 640, "gemma3 270M has 640 dimensions");
+        let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "not normalized: {norm}");
+    }
+    assert_ne!(vectors[0], vectors[1]);
+    assert!(body["prompt_eval_count"].as_u64().unwrap() > 2);
+    // The same text gives the same vector.
+    let again = post(
+        "/api/embed",
+        &json!({"model": MODEL, "input": "hello world"}),
+    )
+    .json();
+    assert_eq!(again["embeddings"][0], vectors[0]);
+
+    let legacy = post(
+        "/api/embeddings",
+        &json!({"model": MODEL, "prompt": "hello world"}),
+    )
+    .json();
+    assert_eq!(legacy["embedding"].as_array().unwrap().len(), 640);
+
+    let openai = post(
+        "/v1/embeddings",
+        &json!({"model": MODEL, "input": "hello world"}),
+    )
+    .json();
+    assert_eq!(openai["object"], "list");
+    assert_eq!(openai["data"][0]["embedding"], vectors[0]);
+    assert!(openai["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    assert_eq!(
+        post("/api/embed", &json!({"model": "nope", "input": "x"})).status,
+        404
+    );
+    assert_eq!(post("/api/embed", &json!({"input": "x"})).status, 400);
+}

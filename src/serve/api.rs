@@ -488,3 +488,96 @@ pub async fn chat(
     let started = start(state, &name, keep_alive, PromptSpec::Chat(messages), job).await?;
     respond(Kind::Chat, name, body.stream.unwrap_or(true), started).await
 }
+
+/// `input` of `/api/embed` and `/v1/embeddings`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Input {
+    pub(super) fn into_vec(self) -> Vec<String> {
+        match self {
+            Input::One(s) => vec![s],
+            Input::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct EmbedRequest {
+    model: Option<String>,
+    name: Option<String>,
+    input: Option<Input>,
+    /// `/api/embeddings` (legacy): one prompt.
+    prompt: Option<String>,
+    truncate: Option<bool>,
+    keep_alive: Option<Value>,
+}
+
+/// Loads the model and embeds `inputs`; returns the vectors, prompt tokens and load time.
+pub(super) async fn embed_inputs(
+    state: &ServeState,
+    name: &str,
+    keep_alive: Option<Duration>,
+    job: super::engine::EmbedJob,
+) -> Result<(super::engine::Embeddings, Duration), ServeError> {
+    state.models.find(name)?;
+    let (loaded, load_duration) = state.models.load(name, keep_alive).await?;
+    let result = loaded
+        .engine
+        .embed(job)
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?
+        .map_err(ServeError::BadRequest)?;
+    loaded.touch(keep_alive);
+    Ok((result, load_duration))
+}
+
+/// `POST /api/embed` (normalized vectors, `input` string or list) and the legacy
+/// `POST /api/embeddings` (`prompt`, one raw vector).
+pub async fn embed(
+    state: &ServeState,
+    request: Request<Incoming>,
+    legacy: bool,
+) -> Result<Response<ServeBody>, ServeError> {
+    let started = Instant::now();
+    let body: EmbedRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    state.models.find(&name)?;
+    let keep_alive =
+        options::keep_alive(body.keep_alive.as_ref()).map_err(ServeError::BadRequest)?;
+    let inputs = if legacy {
+        vec![body.prompt.unwrap_or_default()]
+    } else {
+        body.input.map(Input::into_vec).unwrap_or_default()
+    };
+    if inputs.is_empty() || (legacy && inputs[0].is_empty()) {
+        // Ollama: no input only loads the model.
+        state.models.load(&name, keep_alive).await?;
+        return Ok(json(&if legacy {
+            json!({ "embedding": [] })
+        } else {
+            json!({ "model": name, "embeddings": [] })
+        }));
+    }
+    let job = super::engine::EmbedJob {
+        inputs,
+        truncate: body.truncate.unwrap_or(true),
+        normalize: !legacy,
+    };
+    let (result, load_duration) = embed_inputs(state, &name, keep_alive, job).await?;
+    if legacy {
+        let vector = result.vectors.into_iter().next().unwrap_or_default();
+        return Ok(json(&json!({ "embedding": vector })));
+    }
+    Ok(json(&json!({
+        "model": name,
+        "embeddings": result.vectors,
+        "total_duration": nanos(started.elapsed()),
+        "load_duration": nanos(load_duration),
+        "prompt_eval_count": result.prompt_tokens,
+    })))
+}

@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -115,7 +115,7 @@ pub enum Event {
 /// Handle to a running engine; dropping the last one stops the worker (after its current
 /// requests' receivers are gone) and frees the model.
 pub struct Engine {
-    jobs: Sender<Queued>,
+    jobs: Sender<Work>,
     in_flight: Arc<AtomicUsize>,
     config: EngineConfig,
     pub model: Arc<LlamaModel>,
@@ -125,6 +125,30 @@ struct Queued {
     job: Job,
     events: UnboundedSender<Event>,
     _ticket: Ticket,
+}
+
+/// Texts to embed, one vector each (mean-pooled over the tokens).
+#[derive(Debug, Clone)]
+pub struct EmbedJob {
+    pub inputs: Vec<String>,
+    /// Cut inputs longer than the context instead of refusing them.
+    pub truncate: bool,
+    /// Scale every vector to unit length (Ollama's `/api/embed`; not `/api/embeddings`).
+    pub normalize: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
+}
+
+type EmbedReply = tokio::sync::oneshot::Sender<Result<Embeddings, String>>;
+
+/// What the worker receives.
+enum Work {
+    Generate(Queued),
+    Embed(EmbedJob, EmbedReply, Ticket),
 }
 
 /// Counts a request from admission until its job is dropped.
@@ -204,13 +228,25 @@ impl Engine {
         let ticket = Ticket(self.in_flight.clone());
         let (events, rx) = unbounded_channel();
         self.jobs
-            .send(Queued {
+            .send(Work::Generate(Queued {
                 job,
                 events,
                 _ticket: ticket,
-            })
+            }))
             .map_err(|_| EngineError::Closed)?;
         Ok(rx)
+    }
+
+    /// Embeds `job`'s inputs on the worker (between decode steps, on a second context made
+    /// on first use with embeddings and mean pooling).
+    pub async fn embed(&self, job: EmbedJob) -> Result<Result<Embeddings, String>, EngineError> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let ticket = Ticket(self.in_flight.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Work::Embed(job, tx, ticket))
+            .map_err(|_| EngineError::Closed)?;
+        rx.await.map_err(|_| EngineError::Closed)
     }
 }
 
@@ -244,7 +280,7 @@ struct Slot {
 fn worker(
     model: Arc<LlamaModel>,
     config: EngineConfig,
-    jobs: Receiver<Queued>,
+    jobs: Receiver<Work>,
     ready: Sender<Result<(), String>>,
 ) {
     let backend = match backend() {
@@ -284,6 +320,7 @@ fn worker(
         .collect();
     let mut batch = LlamaBatch::new(config.batch as usize, 1);
     let mut closed = false;
+    let mut embed_ctx: Option<LlamaContext<'_>> = None;
 
     loop {
         // Cancelled requests free their slot before anything else is scheduled.
@@ -300,7 +337,7 @@ fn worker(
         // Admit waiting jobs into free slots; block only when nothing is running.
         while !closed && slots.iter().any(|s| s.active.is_none()) {
             let busy = slots.iter().any(|s| s.active.is_some());
-            let queued = if busy {
+            let work = if busy {
                 match jobs.try_recv() {
                     Ok(q) => q,
                     Err(TryRecvError::Empty) => break,
@@ -316,6 +353,13 @@ fn worker(
                         closed = true;
                         break;
                     }
+                }
+            };
+            let queued = match work {
+                Work::Generate(queued) => queued,
+                Work::Embed(job, reply, _ticket) => {
+                    let _ = reply.send(embed(&model, &mut embed_ctx, &config, &job));
+                    continue;
                 }
             };
             if queued.events.is_closed() {
@@ -491,6 +535,76 @@ fn admit(
         started,
         first_token: None,
     });
+}
+
+/// Runs one embedding job on the embedding context (created on first use).
+fn embed<'m>(
+    model: &'m LlamaModel,
+    slot: &mut Option<LlamaContext<'m>>,
+    config: &EngineConfig,
+    job: &EmbedJob,
+) -> Result<Embeddings, String> {
+    let n_ctx = config.ctx_per_slot;
+    if slot.is_none() {
+        let backend = backend().map_err(|e| e.to_string())?;
+        let params = LlamaContextParams::default()
+            .with_embeddings(true)
+            .with_pooling_type(LlamaPoolingType::Mean)
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_ubatch(n_ctx)
+            .with_n_seq_max(1)
+            .with_n_threads(config.threads)
+            .with_n_threads_batch(config.threads);
+        let ctx = model
+            .new_context(backend, params)
+            .map_err(|e| format!("cannot create an embedding context: {e}"))?;
+        *slot = Some(ctx);
+    }
+    let Some(ctx) = slot.as_mut() else {
+        return Err("no embedding context".into());
+    };
+    let vocab = model.vocab();
+    let mut batch = LlamaBatch::new(n_ctx as usize, 1);
+    let mut out = Embeddings {
+        vectors: Vec::with_capacity(job.inputs.len()),
+        prompt_tokens: 0,
+    };
+    for input in &job.inputs {
+        let mut tokens = vocab.tokenize(input.as_bytes(), vocab.should_add_bos(), false);
+        if tokens.is_empty() {
+            return Err("cannot embed an empty input".into());
+        }
+        if tokens.len() > n_ctx as usize {
+            if !job.truncate {
+                return Err(format!(
+                    "the input is {} tokens, more than the context length of {n_ctx}",
+                    tokens.len()
+                ));
+            }
+            tokens.truncate(n_ctx as usize);
+        }
+        out.prompt_tokens += tokens.len();
+        ctx.clear_kv_cache();
+        batch.clear();
+        batch
+            .add_sequence(&tokens, 0, true)
+            .map_err(|e| e.to_string())?;
+        ctx.decode(&mut batch)
+            .map_err(|e| format!("embedding failed: {e}"))?;
+        let mut vector = ctx
+            .embeddings_seq_ith(0)
+            .map_err(|_| "the model gave no pooled embedding".to_string())?
+            .to_vec();
+        if job.normalize {
+            let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                vector.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        out.vectors.push(vector);
+    }
+    Ok(out)
 }
 
 fn starts_with_bos(model: &LlamaModel, prompt: &str) -> bool {

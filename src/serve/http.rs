@@ -204,7 +204,10 @@ pub async fn handle(
         "/api/show" if post => api::show(&state, request).await,
         "/api/generate" if post => api::generate(&state, request).await,
         "/api/chat" if post => api::chat(&state, request).await,
+        "/api/embed" if post => api::embed(&state, request, false).await,
+        "/api/embeddings" if post => api::embed(&state, request, true).await,
         "/v1/models" if get => openai::models(&state).await,
+        "/v1/embeddings" if post => openai::embeddings(&state, request).await,
         "/v1/chat/completions" if post => openai::chat(&state, request).await,
         "/v1/completions" if post => openai::completions(&state, request).await,
         ""

@@ -363,3 +363,48 @@ async fn respond(
         }
     }
 }
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: Option<String>,
+    input: Option<super::api::Input>,
+}
+
+/// `POST /v1/embeddings`: normalized vectors, one per input.
+pub async fn embeddings(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: EmbeddingsRequest = read_json(request, state.max_body).await?;
+    let name = body
+        .model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ServeError::BadRequest("model is required".into()))?;
+    let inputs = body
+        .input
+        .map(super::api::Input::into_vec)
+        .unwrap_or_default();
+    if inputs.is_empty() {
+        return Err(ServeError::BadRequest("input is required".into()));
+    }
+    let job = super::engine::EmbedJob {
+        inputs,
+        truncate: true,
+        normalize: true,
+    };
+    let (result, _) =
+        super::api::embed_inputs(state, &name, Some(super::options::DEFAULT_KEEP_ALIVE), job)
+            .await?;
+    let data: Vec<Value> = result
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| json!({"object": "embedding", "embedding": embedding, "index": index}))
+        .collect();
+    Ok(json(&json!({
+        "object": "list",
+        "data": data,
+        "model": name,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    })))
+}
