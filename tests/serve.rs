@@ -887,3 +887,117 @@ fn embeddings_ollama_and_openai() {
     );
     assert_eq!(post("/api/embed", &json!({"input": "x"})).status, 400);
 }
+
+#[test]
+fn pull_copy_delete_and_unsupported_requests() {
+    let _shared = shared();
+    let pulled = post("/api/pull", &json!({"model": MODEL}));
+    assert_eq!(pulled.status, 200, "{}", pulled.text());
+    assert_eq!(pulled.lines().last().unwrap()["status"], "success");
+    let missing = post("/api/pull", &json!({"model": "nope"}));
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("models directory"));
+
+    // Copy into a models directory, list it, delete it.
+    let dir = std::env::temp_dir().join(format!("rawrxd-serve-copy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = ServeArgs {
+        listen: "127.0.0.1:0".into(),
+        models: Some(dir.clone()),
+        model: vec![model_path()],
+        parallel: 1,
+        threads: Some(1),
+        ctx_size: 256,
+        queue: 0,
+        preload: false,
+    };
+    let config = args.validate().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let state = std::sync::Arc::new(ServeState::new(&config));
+            rawrxd::serve::run(
+                listener,
+                state,
+                std::future::pending(),
+                config.shutdown_grace,
+            )
+            .await;
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let send = |method: &str, path: &str, body: Value| {
+        call(addr, method, path, Some(body.to_string().as_bytes()), "")
+    };
+    let copied = send(
+        "POST",
+        "/api/copy",
+        json!({"source": MODEL, "destination": "mine:latest"}),
+    );
+    assert_eq!(copied.status, 200, "{}", copied.text());
+    let tags = call(addr, "GET", "/api/tags", None, "").json();
+    let names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec![format!("{MODEL}:latest").as_str(), "mine:latest"]
+    );
+    assert_eq!(
+        send(
+            "POST",
+            "/api/copy",
+            json!({"source": MODEL, "destination": "../x"})
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        send("DELETE", "/api/delete", json!({"model": MODEL})).status,
+        400
+    );
+    assert_eq!(
+        send("DELETE", "/api/delete", json!({"model": "mine"})).status,
+        200
+    );
+    assert!(!dir.join("mine.gguf").exists());
+    assert_eq!(
+        send("DELETE", "/api/delete", json!({"model": "mine"})).status,
+        404
+    );
+    assert_eq!(
+        send("POST", "/api/create", json!({"model": "x"})).status,
+        400
+    );
+    assert_eq!(
+        send(
+            "POST",
+            "/api/generate",
+            json!({"model": MODEL, "prompt": "x", "suffix": "y"})
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        send(
+            "POST",
+            "/api/chat",
+            json!({"model": MODEL, "think": true, "messages": [{"role": "user", "content": "x"}]})
+        )
+        .status,
+        400
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -184,6 +184,8 @@ struct GenerateRequest {
     images: Option<Vec<Value>>,
     options: Option<Options>,
     keep_alive: Option<Value>,
+    suffix: Option<String>,
+    think: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -205,6 +207,17 @@ struct ChatRequest {
     options: Option<Options>,
     keep_alive: Option<Value>,
     tools: Option<Vec<Value>>,
+    think: Option<Value>,
+}
+
+/// `think: true` (or a level) asks for a reasoning model; these models are not.
+fn check_think(name: &str, think: Option<&Value>) -> Result<(), ServeError> {
+    match think {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
+        Some(_) => Err(ServeError::BadRequest(format!(
+            "\"{name}\" does not support thinking"
+        ))),
+    }
 }
 
 /// What to generate from, before the model's template is known.
@@ -423,6 +436,12 @@ pub async fn generate(
         &name,
         body.images.as_ref().is_some_and(|i| !i.is_empty()),
     )?;
+    check_think(&name, body.think.as_ref())?;
+    if body.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ServeError::BadRequest(format!(
+            "\"{name}\" does not support insert"
+        )));
+    }
     let keep_alive =
         options::keep_alive(body.keep_alive.as_ref()).map_err(ServeError::BadRequest)?;
     let prompt = body.prompt.unwrap_or_default();
@@ -466,6 +485,7 @@ pub async fn chat(
         .iter()
         .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty()));
     check_model(state, &name, images)?;
+    check_think(&name, body.think.as_ref())?;
     if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ServeError::BadRequest(format!(
             "model \"{name}\" does not support tools"
@@ -580,4 +600,118 @@ pub async fn embed(
         "load_duration": nanos(load_duration),
         "prompt_eval_count": result.prompt_tokens,
     })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct NameRequest {
+    model: Option<String>,
+    name: Option<String>,
+    source: Option<String>,
+    destination: Option<String>,
+    stream: Option<bool>,
+}
+
+/// `POST /api/pull`: models come from files, so pulling one that exists succeeds at once
+/// (clients pull before use); any other name is an error pointing at the models directory.
+pub async fn pull(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: NameRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    if state.models.find(&name).is_err() {
+        return Err(ServeError::NotFound(format!(
+            "model \"{name}\" not found: rawrxd serve does not download models; put the GGUF \
+             file in the models directory or pass --model PATH"
+        )));
+    }
+    let done = json!({"status": "success"});
+    if body.stream.unwrap_or(true) {
+        let mut out = line(&json!({"status": "pulling manifest"})).to_vec();
+        out.extend_from_slice(&line(&done));
+        return Ok(full(StatusCode::OK, NDJSON, Bytes::from(out)));
+    }
+    Ok(json(&done))
+}
+
+/// `DELETE /api/delete`: removes a model file from the models directory (not a `--model`
+/// file), unloading it first.
+pub async fn delete(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: NameRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    let file = state.models.find(&name)?;
+    if !state.models.in_models_dir(&file.path) {
+        return Err(ServeError::BadRequest(format!(
+            "model \"{name}\" was given with --model; rawrxd serve only deletes files in its models directory"
+        )));
+    }
+    state.models.unload(&name);
+    std::fs::remove_file(&file.path)
+        .map_err(|e| ServeError::Internal(format!("cannot delete {}: {e}", file.path.display())))?;
+    Ok(full(
+        StatusCode::OK,
+        "application/json; charset=utf-8",
+        Bytes::new(),
+    ))
+}
+
+/// `POST /api/copy`: `source` → a new `destination.gguf` in the models directory (a hard
+/// link when possible).
+pub async fn copy(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: NameRequest = read_json(request, state.max_body).await?;
+    let (Some(source), Some(destination)) = (body.source, body.destination) else {
+        return Err(ServeError::BadRequest(
+            "source and destination are required".into(),
+        ));
+    };
+    let file = state.models.find(&source)?;
+    let dest = super::models::base_name(&destination);
+    let valid = !dest.is_empty()
+        && dest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !dest.starts_with('.');
+    if !valid {
+        return Err(ServeError::BadRequest(format!(
+            "invalid destination name {destination:?}"
+        )));
+    }
+    let Some(dir) = state.models.models_dir() else {
+        return Err(ServeError::BadRequest(
+            "no models directory to copy into".into(),
+        ));
+    };
+    let target = dir.join(format!("{dest}.gguf"));
+    if target.exists() {
+        return Err(ServeError::BadRequest(format!(
+            "model \"{dest}\" already exists"
+        )));
+    }
+    let source_path = file.path.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(target.parent().unwrap_or(&target))?;
+        std::fs::hard_link(&source_path, &target)
+            .or_else(|_| std::fs::copy(&source_path, &target).map(|_| ()))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?
+    .map_err(|e| ServeError::Internal(format!("cannot copy the model: {e}")))?;
+    Ok(full(
+        StatusCode::OK,
+        "application/json; charset=utf-8",
+        Bytes::new(),
+    ))
+}
+
+/// `/api/create` and `/api/push`: not supported (models are plain GGUF files).
+pub fn unsupported(what: &str) -> ServeError {
+    ServeError::BadRequest(format!(
+        "{what} is not supported by rawrxd serve: models are GGUF files in the models directory"
+    ))
 }

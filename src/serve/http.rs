@@ -204,6 +204,11 @@ pub async fn handle(
         "/api/show" if post => api::show(&state, request).await,
         "/api/generate" if post => api::generate(&state, request).await,
         "/api/chat" if post => api::chat(&state, request).await,
+        "/api/pull" if post => api::pull(&state, request).await,
+        "/api/copy" if post => api::copy(&state, request).await,
+        "/api/delete" if method == Method::DELETE => api::delete(&state, request).await,
+        "/api/create" if post => Err(api::unsupported("creating models")),
+        "/api/push" if post => Err(api::unsupported("pushing models")),
         "/api/embed" if post => api::embed(&state, request, false).await,
         "/api/embeddings" if post => api::embed(&state, request, true).await,
         "/v1/models" if get => openai::models(&state).await,
@@ -219,6 +224,14 @@ pub async fn handle(
         | "/api/show"
         | "/api/generate"
         | "/api/chat"
+        | "/api/embed"
+        | "/api/embeddings"
+        | "/api/pull"
+        | "/api/copy"
+        | "/api/delete"
+        | "/api/create"
+        | "/api/push"
+        | "/v1/embeddings"
         | "/v1/models"
         | "/v1/chat/completions"
         | "/v1/completions" => Err(ServeError::MethodNotAllowed),

@@ -111,6 +111,20 @@ impl Models {
         }
     }
 
+    pub fn models_dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// True when `path` is a file of the models directory (not only a `--model` path).
+    pub fn in_models_dir(&self, path: &Path) -> bool {
+        let explicit = self.explicit.iter().any(|p| p == path);
+        !explicit
+            && self
+                .dir
+                .as_ref()
+                .is_some_and(|d| path.parent() == Some(d.as_path()))
+    }
+
     pub fn engine_config(&self) -> &EngineConfig {
         &self.engine
     }
