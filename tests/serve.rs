@@ -284,10 +284,26 @@ fn stream_false_gives_one_json_object() {
 fn same_seed_gives_the_same_output() {
     let _alone = ALONE.write().unwrap_or_else(|p| p.into_inner());
     let request = json!({"model": MODEL, "prompt": "Once upon a time", "options": {"num_predict": 16, "seed": 42, "temperature": 0.9}});
-    let a = joined(&generate(request.clone()).lines(), "response");
+    let first = generate(request.clone()).lines();
+    let a = joined(&first, "response");
+    let reused_before = engine_stat("prompt_tokens_reused");
     let b = joined(&generate(request).lines(), "response");
     assert!(!a.is_empty());
     assert_eq!(a, b);
+    // The second request found its prompt in a slot's cache: all but the last token reused.
+    let prompt = final_line(&first)["prompt_eval_count"].as_u64().unwrap();
+    assert_eq!(
+        engine_stat("prompt_tokens_reused") - reused_before,
+        prompt - 1
+    );
+}
+
+/// One of the shared server's engine counters (`/api/ps` → `rawrxd`).
+fn engine_stat(key: &str) -> u64 {
+    let ps = call(server(), "GET", "/api/ps", None, "").json();
+    ps["models"][0]["rawrxd"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {ps}"))
 }
 
 #[test]
@@ -405,6 +421,8 @@ fn concurrent_generations_all_complete() {
         let lines = reply.lines();
         assert!(final_line(&lines)["eval_count"].as_u64().unwrap() <= 8);
     }
+    // Continuous batching: some decode step carried several sequences at once.
+    assert!(engine_stat("max_sequences_per_step") >= 2);
 }
 
 #[test]

@@ -119,10 +119,25 @@ pub fn ps(state: &ServeState) -> Response<ServeBody> {
                 "expires_at": rfc3339(l.expires_at().unwrap_or(far)),
                 "size_vram": 0,
                 "context_length": l.engine.config().ctx_per_slot,
+                // rawrxd's own counters (Ollama clients ignore unknown fields).
+                "rawrxd": engine_stats(l),
             })
         })
         .collect();
     json(&json!({ "models": models }))
+}
+
+fn engine_stats(l: &Loaded) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = l.engine.stats();
+    json!({
+        "parallel": l.engine.config().parallel,
+        "in_flight": l.engine.in_flight(),
+        "steps": stats.steps.load(Relaxed),
+        "max_sequences_per_step": stats.max_sequences_per_step.load(Relaxed),
+        "prompt_tokens_reused": stats.prompt_tokens_reused.load(Relaxed),
+        "prompt_tokens_evaluated": stats.prompt_tokens_evaluated.load(Relaxed),
+    })
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -116,6 +116,8 @@ pub enum Event {
 /// requests' receivers are gone) and frees the model.
 pub struct Engine {
     jobs: Sender<Work>,
+    alive: Arc<AtomicBool>,
+    stats: Arc<EngineStats>,
     in_flight: Arc<AtomicUsize>,
     config: EngineConfig,
     pub model: Arc<LlamaModel>,
@@ -149,6 +151,28 @@ type EmbedReply = tokio::sync::oneshot::Sender<Result<Embeddings, String>>;
 enum Work {
     Generate(Queued),
     Embed(EmbedJob, EmbedReply, Ticket),
+}
+
+/// Counters of one engine, for `/api/ps` (and for tests to see batching and prefix reuse).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Decode steps run.
+    pub steps: AtomicU64,
+    /// Most sequences decoded together in one step.
+    pub max_sequences_per_step: AtomicUsize,
+    /// Prompt tokens taken from a slot's cache instead of being evaluated.
+    pub prompt_tokens_reused: AtomicU64,
+    /// Prompt tokens evaluated.
+    pub prompt_tokens_evaluated: AtomicU64,
+}
+
+/// Clears the engine's liveness flag when the worker thread ends.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Counts a request from admission until its job is dropped.
@@ -186,13 +210,24 @@ impl Engine {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let worker_model = model.clone();
         let worker_config = config.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let alive_flag = Alive(alive.clone());
+        let stats = Arc::new(EngineStats::default());
+        let worker_stats = stats.clone();
         std::thread::Builder::new()
             .name("rawrxd-engine".into())
-            .spawn(move || worker(worker_model, worker_config, rx, ready_tx))
+            .spawn(move || {
+                // Cleared however the worker ends, a panic included, so the model is reloaded
+                // on next use instead of failing every request.
+                let _alive = alive_flag;
+                worker(worker_model, worker_config, worker_stats, rx, ready_tx)
+            })
             .map_err(|e| EngineError::Load(format!("cannot start the worker thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Engine {
                 jobs,
+                alive,
+                stats,
                 in_flight: Arc::new(AtomicUsize::new(0)),
                 config,
                 model,
@@ -200,6 +235,15 @@ impl Engine {
             Ok(Err(e)) => Err(EngineError::Load(e)),
             Err(_) => Err(EngineError::Load("the worker thread died".into())),
         }
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// False once the worker thread has ended (it only ends early by panicking).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -275,11 +319,14 @@ struct Slot {
     active: Option<Active>,
     /// Index in the current batch whose logits belong to this slot.
     logits_at: Option<i32>,
+    /// The current batch holds tokens of this slot.
+    in_batch: bool,
 }
 
 fn worker(
     model: Arc<LlamaModel>,
     config: EngineConfig,
+    stats: Arc<EngineStats>,
     jobs: Receiver<Work>,
     ready: Sender<Result<(), String>>,
 ) {
@@ -316,6 +363,7 @@ fn worker(
             cache: Vec::new(),
             active: None,
             logits_at: None,
+            in_batch: false,
         })
         .collect();
     let mut batch = LlamaBatch::new(config.batch as usize, 1);
@@ -365,7 +413,7 @@ fn worker(
             if queued.events.is_closed() {
                 continue;
             }
-            admit(&model, &mut ctx, &config, &mut slots, queued);
+            admit(&model, &mut ctx, &config, &stats, &mut slots, queued);
         }
         if closed && slots.iter().all(|s| s.active.is_none()) {
             tracing::debug!("engine stopped");
@@ -378,10 +426,12 @@ fn worker(
         let mut failed = None;
         for slot in &mut slots {
             slot.logits_at = None;
+            slot.in_batch = false;
             let Some(active) = slot.active.as_mut() else {
                 continue;
             };
             if let Some(token) = active.next.take() {
+                slot.in_batch = true;
                 let pos = slot.cache.len() as i32;
                 if let Err(e) = batch.add(token, pos, &[slot.id], true) {
                     failed = Some(e.to_string());
@@ -404,6 +454,7 @@ fn worker(
                     break;
                 };
                 let last = active.pending.is_empty();
+                slot.in_batch = true;
                 let pos = slot.cache.len() as i32;
                 if let Err(e) = batch.add(token, pos, &[slot.id], last) {
                     failed = Some(e.to_string());
@@ -419,6 +470,11 @@ fn worker(
         if batch.n_tokens() == 0 {
             continue;
         }
+        let sequences = slots.iter().filter(|s| s.in_batch).count();
+        stats.steps.fetch_add(1, Ordering::Relaxed);
+        stats
+            .max_sequences_per_step
+            .fetch_max(sequences, Ordering::Relaxed);
         let result = match failed {
             Some(e) => Err(e),
             None => ctx.decode(&mut batch).map_err(|e| e.to_string()),
@@ -451,6 +507,7 @@ fn admit(
     model: &LlamaModel,
     ctx: &mut LlamaContext<'_>,
     config: &EngineConfig,
+    stats: &EngineStats,
     slots: &mut [Slot],
     queued: Queued,
 ) {
@@ -514,6 +571,12 @@ fn admit(
         keep = 0;
     }
     slot.cache.truncate(keep);
+    stats
+        .prompt_tokens_reused
+        .fetch_add(keep as u64, Ordering::Relaxed);
+    stats
+        .prompt_tokens_evaluated
+        .fetch_add((tokens.len() - keep) as u64, Ordering::Relaxed);
     tracing::debug!(
         slot = slot.id,
         prompt = tokens.len(),

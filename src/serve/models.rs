@@ -201,12 +201,17 @@ impl Models {
         out
     }
 
+    /// The loaded model `name`; a model whose engine died is dropped (and reloaded by the
+    /// caller).
     fn get_loaded(&self, name: &str) -> Option<Arc<Loaded>> {
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = map.get(name).cloned()?;
+        if loaded.engine.is_alive() {
+            return Some(loaded);
+        }
+        tracing::error!(model = name, "the model's engine died; reloading it");
+        map.remove(name);
+        None
     }
 
     /// The loaded model `name`, loading it first if needed. The second value is how long this
