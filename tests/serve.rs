@@ -1019,3 +1019,66 @@ fn pull_copy_delete_and_unsupported_requests() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `rawrxd up`: serve and the proxy in one process; a generation through the proxy port
+/// streams from the embedded serve.
+#[test]
+fn binary_up_proxies_to_its_own_serve() {
+    let _shared = shared();
+    const BIN: &str = env!("CARGO_BIN_EXE_rawrxd");
+    let dir = std::env::temp_dir().join(format!("rawrxd-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--serve-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--parallel", "1", "--ctx-size", "512", "--model"])
+        .arg(model_path())
+        .current_dir(&dir)
+        .env("RUST_LOG", "info")
+        .env_remove("RAWRXD_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut serve_addr = None;
+    let proxy: SocketAddr = loop {
+        let line = logs
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no proxy address logged");
+        if let Some(rest) = line.split("rawrxd serve listening on ").nth(1) {
+            serve_addr = Some(rest.split_whitespace().next().unwrap().to_string());
+        }
+        if let Some(rest) = line.split("rawrxd proxy listening on ").nth(1) {
+            assert!(
+                rest.contains(&format!("http://{}", serve_addr.clone().unwrap())),
+                "{line}"
+            );
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let body = json!({"model": MODEL, "prompt": "Hi", "options": {"num_predict": 3}});
+    let reply = call(
+        proxy,
+        "POST",
+        "/api/generate",
+        Some(body.to_string().as_bytes()),
+        "",
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    final_line(&reply.lines());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}

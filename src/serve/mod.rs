@@ -168,6 +168,86 @@ impl ServeArgs {
     }
 }
 
+/// Flags of `rawrxd up`: every proxy flag, and serve's flags with serve's address as
+/// `--serve-listen` (the proxy's upstream; `--listen` is the proxy's).
+#[derive(Debug, Args, Default)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub proxy: crate::cli::ProxyArgs,
+
+    /// Address `serve` listens on; the proxy forwards to it
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "RAWRXD_SERVE_LISTEN",
+        default_value = "127.0.0.1:11434"
+    )]
+    pub serve_listen: String,
+
+    /// Directory of *.gguf models [default: $XDG_DATA_HOME/rawrxd/models or ~/.local/share/rawrxd/models]
+    #[arg(long, value_name = "DIR", env = "RAWRXD_SERVE_MODELS")]
+    pub models: Option<PathBuf>,
+
+    /// A GGUF file to serve, named after its file stem (repeatable)
+    #[arg(long = "model", value_name = "PATH")]
+    pub model: Vec<PathBuf>,
+
+    /// Sequence slots per loaded model (requests decoded together)
+    #[arg(
+        long,
+        value_name = "N",
+        env = "RAWRXD_SERVE_PARALLEL",
+        default_value_t = 4
+    )]
+    pub parallel: u32,
+
+    /// CPU threads for inference [default: physical cores]
+    #[arg(long, value_name = "N", env = "RAWRXD_SERVE_THREADS")]
+    pub threads: Option<u32>,
+
+    /// Context length of each slot (the largest num_ctx a request gets)
+    #[arg(long, value_name = "TOKENS", env = "RAWRXD_SERVE_CTX", default_value_t = options::DEFAULT_NUM_CTX)]
+    pub ctx_size: u32,
+
+    /// Requests that may wait for a slot; beyond that the server answers 503
+    #[arg(
+        long,
+        value_name = "N",
+        env = "RAWRXD_SERVE_QUEUE",
+        default_value_t = 64
+    )]
+    pub queue: usize,
+
+    /// Load the --model files at start (and keep them loaded) instead of on first use
+    #[arg(long)]
+    pub preload: bool,
+}
+
+impl UpArgs {
+    /// The serve half, as `rawrxd serve` flags.
+    pub fn serve_args(&self) -> ServeArgs {
+        ServeArgs {
+            listen: self.serve_listen.clone(),
+            models: self.models.clone(),
+            model: self.model.clone(),
+            parallel: self.parallel,
+            threads: self.threads,
+            ctx_size: self.ctx_size,
+            queue: self.queue,
+            preload: self.preload,
+        }
+    }
+}
+
+/// Starts `--preload` in the background (logs a failure).
+pub fn spawn_preload(state: std::sync::Arc<ServeState>, config: ServeConfig) {
+    tokio::spawn(async move {
+        if let Err(e) = preload(&state, &config).await {
+            tracing::error!("preload failed: {e}");
+        }
+    });
+}
+
 /// Loads the `--model` files now, kept loaded forever (`--preload`); `/health` turns 200
 /// when this returns.
 pub async fn preload(state: &ServeState, config: &ServeConfig) -> Result<(), String> {
