@@ -284,14 +284,16 @@ fn stream_false_gives_one_json_object() {
 fn same_seed_gives_the_same_output() {
     let _alone = ALONE.write().unwrap_or_else(|p| p.into_inner());
     let request = json!({"model": MODEL, "prompt": "Once upon a time", "options": {"num_predict": 16, "seed": 42, "temperature": 0.9}});
+    // The first run fills a slot's cache; later runs reuse all but the last prompt token.
+    // (A prompt evaluated in one batch and the same prompt's last token evaluated alone give
+    // logits equal only to rounding, so both runs compared here take the same path.)
     let first = generate(request.clone()).lines();
-    let a = joined(&first, "response");
+    let prompt = final_line(&first)["prompt_eval_count"].as_u64().unwrap();
+    let a = joined(&generate(request.clone()).lines(), "response");
     let reused_before = engine_stat("prompt_tokens_reused");
     let b = joined(&generate(request).lines(), "response");
     assert!(!a.is_empty());
     assert_eq!(a, b);
-    // The second request found its prompt in a slot's cache: all but the last token reused.
-    let prompt = final_line(&first)["prompt_eval_count"].as_u64().unwrap();
     assert_eq!(
         engine_stat("prompt_tokens_reused") - reused_before,
         prompt - 1
@@ -324,6 +326,10 @@ fn num_predict_is_respected() {
 fn stop_sequences_cut_the_output_and_never_appear() {
     let _alone = ALONE.write().unwrap_or_else(|p| p.into_inner());
     let options = json!({"num_predict": 40, "seed": 7, "temperature": 0.0});
+    // Warm the cache so both runs below evaluate the same way (see same_seed_…).
+    generate(
+        json!({"model": MODEL, "prompt": "The quick brown fox", "stream": false, "options": {"num_predict": 1}}),
+    );
     let full = generate(json!({"model": MODEL, "prompt": "The quick brown fox", "stream": false, "options": options})).json()["response"]
         .as_str()
         .unwrap()
@@ -347,9 +353,35 @@ fn stop_sequences_cut_the_output_and_never_appear() {
 #[test]
 fn chat_uses_gemma_turns_when_the_file_has_no_template() {
     let _alone = ALONE.write().unwrap_or_else(|p| p.into_inner());
+    let greedy = json!({"num_predict": 8, "temperature": 0});
+    let gemma = "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n";
+    let raw = |options: &Value| {
+        generate(json!({"model": MODEL, "raw": true, "stream": false, "prompt": gemma, "options": options})).json()
+    };
+    // The prompt written out in Gemma turns, sent raw; its tokens start `context`.
+    let written = raw(&greedy);
+    let n = written["prompt_eval_count"].as_u64().unwrap() as usize;
+    let prompt_tokens = &written["context"].as_array().unwrap()[..n];
+    // A non-raw generate goes through the chat template: the very same tokens.
+    let templated =
+        generate(json!({"model": MODEL, "stream": false, "prompt": "Hi there", "options": greedy}))
+            .json();
+    assert_eq!(
+        &templated["context"].as_array().unwrap()[..n],
+        prompt_tokens
+    );
+    assert_eq!(templated["prompt_eval_count"], written["prompt_eval_count"]);
+    // So does a request's own `template` with `{{ .Prompt }}`.
+    let own = generate(
+        json!({"model": MODEL, "stream": false, "prompt": "Hi there", "options": greedy,
+        "template": "<start_of_turn>user\n{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"}),
+    )
+    .json();
+    assert_eq!(&own["context"].as_array().unwrap()[..n], prompt_tokens);
+
     let chat = post(
         "/api/chat",
-        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi there"}], "options": {"num_predict": 8, "temperature": 0}}),
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi there"}], "options": greedy}),
     );
     assert_eq!(chat.status, 200, "{}", chat.text());
     assert_eq!(chat.header("content-type"), Some("application/x-ndjson"));
@@ -360,18 +392,14 @@ fn chat_uses_gemma_turns_when_the_file_has_no_template() {
         assert_eq!(line["message"]["role"], "assistant");
     }
     let last = final_line(&lines);
+    assert!(last.get("context").is_none());
+    assert_eq!(last["prompt_eval_count"], written["prompt_eval_count"]);
     let content: String = lines
         .iter()
         .map(|l| l["message"]["content"].as_str().unwrap())
         .collect();
-    // The same prompt written out in Gemma turns, sent raw, gives the same tokens and text.
-    let raw = generate(json!({"model": MODEL, "raw": true, "stream": false,
-        "prompt": "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
-        "options": {"num_predict": 8, "temperature": 0}}))
-    .json();
-    assert_eq!(last["prompt_eval_count"], raw["prompt_eval_count"]);
-    assert_eq!(content, raw["response"].as_str().unwrap());
-    assert!(last.get("context").is_none());
+    // Same tokens on the same (cached) path: the same greedy text.
+    assert_eq!(content, raw(&greedy)["response"].as_str().unwrap());
 }
 
 #[test]
