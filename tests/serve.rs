@@ -1080,22 +1080,33 @@ fn binary_up_proxies_to_its_own_serve() {
             let _ = tx.send(line);
         }
     });
-    let mut serve_addr = None;
-    let proxy: SocketAddr = loop {
+    // Both log their address (in either order); the proxy names serve as its upstream.
+    let (mut serve_addr, mut proxy_line) = (None, None);
+    while serve_addr.is_none() || proxy_line.is_none() {
         let line = logs
             .recv_timeout(Duration::from_secs(30))
-            .expect("no proxy address logged");
+            .expect("no addresses logged");
         if let Some(rest) = line.split("rawrxd serve listening on ").nth(1) {
             serve_addr = Some(rest.split_whitespace().next().unwrap().to_string());
         }
-        if let Some(rest) = line.split("rawrxd proxy listening on ").nth(1) {
-            assert!(
-                rest.contains(&format!("http://{}", serve_addr.clone().unwrap())),
-                "{line}"
-            );
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        if line.contains("rawrxd proxy listening on ") {
+            proxy_line = Some(line);
         }
-    };
+    }
+    let (serve_addr, proxy_line) = (serve_addr.unwrap(), proxy_line.unwrap());
+    assert!(
+        proxy_line.contains(&format!("http://{serve_addr}")),
+        "{proxy_line}"
+    );
+    let proxy: SocketAddr = proxy_line
+        .split("rawrxd proxy listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let body = json!({"model": MODEL, "prompt": "Hi", "options": {"num_predict": 3}});
     let reply = call(
         proxy,
