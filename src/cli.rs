@@ -28,6 +28,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the reverse proxy in front of an Ollama-compatible server.
     Proxy(ProxyArgs),
+    /// Serve GGUF models with an Ollama-compatible API (llama.cpp).
+    Serve(crate::serve::ServeArgs),
+    /// `serve` and `proxy` in one process; the proxy's upstream is this serve.
+    Up(crate::serve::UpArgs),
     /// Check rule files, or try rules on a text, without a server.
     #[command(subcommand)]
     Rules(RulesCommand),

@@ -14,6 +14,8 @@
 //!   the [`live`] snapshot;
 //! * [`error`] maps every request-path failure to one HTTP status.
 //!
+//! [`serve`] is `rawrxd serve`, the Ollama-compatible model server on llama.cpp.
+//!
 //! [`config`] and [`cli`] turn defaults, `rawrxd.toml`, `RAWRXD_*` and flags into one
 //! validated [`config::ProxyConfig`].
 
@@ -32,6 +34,7 @@ pub mod reload;
 pub mod rewrite;
 pub mod route;
 pub mod rules;
+pub mod serve;
 pub mod server;
 pub mod shutdown;
 pub mod state;

@@ -2,6 +2,7 @@
 //! hands over to the library.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -17,6 +18,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy(args),
         Command::Rules(command) => return rules(command),
         Command::Audit(command) => return audit(command),
+        Command::Serve(args) => serve(args),
+        Command::Up(args) => up(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,4 +150,91 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     app.stop();
     Ok(())
+}
+
+fn serve(args: rawrxd::serve::ServeArgs) -> anyhow::Result<()> {
+    use rawrxd::serve;
+    let config = args
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid serve flags: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let state = Arc::new(serve::ServeState::new(&config));
+        if config.preload {
+            serve::spawn_preload(state.clone(), config.clone());
+        }
+        let finished = serve::run(listener, state, shutdown::signal(), config.shutdown_grace).await;
+        if !finished.drained {
+            tracing::warn!("exiting with requests still in flight");
+        }
+        Ok(())
+    })
+}
+
+/// `rawrxd up`: `serve` on its own runtime thread, then the proxy (exactly as `rawrxd proxy`)
+/// with serve's bound address as its upstream. The proxy owns shutdown: when it has drained,
+/// the process exits and serve with it.
+fn up(args: rawrxd::serve::UpArgs) -> anyhow::Result<()> {
+    use rawrxd::serve;
+    let config = args
+        .serve_args()
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid serve flags: {e}"))?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name("rawrxd-serve".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let state = Arc::new(serve::ServeState::new(&config));
+                if config.preload {
+                    serve::spawn_preload(state.clone(), config.clone());
+                }
+                let _ = ready_tx.send(Ok(()));
+                serve::run(
+                    listener,
+                    state,
+                    std::future::pending(),
+                    config.shutdown_grace,
+                )
+                .await;
+            });
+        })
+        .context("cannot start the serve thread")?;
+    ready_rx
+        .recv()
+        .context("the serve thread died")?
+        .map_err(|e| anyhow::anyhow!("cannot start serve: {e}"))?;
+    let mut proxy_args = args.proxy;
+    if let Some(upstream) = &proxy_args.upstream {
+        tracing::warn!("--upstream {upstream} ignored: `rawrxd up` proxies to its own serve");
+    }
+    proxy_args.upstream = Some(format!("http://{addr}"));
+    proxy(proxy_args)
 }

@@ -1,0 +1,732 @@
+//! Ollama's native endpoints (`ollama/ollama` `docs/api.md`): health, version, tags, show,
+//! ps, and generate/chat streamed as NDJSON (`stream` defaults to true) or answered whole.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::engine::{Done, EngineError, Event, Job};
+use super::http::{full, json, read_json, stream, EventBody, Format, ServeBody, ServeError};
+use super::models::{Loaded, ModelError, ModelFile};
+use super::options::{self, Options};
+use super::template::{self, Message};
+use super::ServeState;
+use crate::serve::gguf::GgufMeta;
+
+/// The Ollama API version reported by `/api/version` (clients gate features on it).
+pub const OLLAMA_VERSION: &str = "0.12.0";
+
+pub const NDJSON: &str = "application/x-ndjson";
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One NDJSON line.
+pub fn line(value: &Value) -> Bytes {
+    let mut out = value.to_string().into_bytes();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+impl From<ModelError> for ServeError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::NotFound(_) => ServeError::NotFound(e.to_string()),
+            ModelError::Engine(EngineError::Busy { .. }) => ServeError::Busy(e.to_string()),
+            ModelError::Engine(_) | ModelError::Meta(_) => ServeError::Internal(e.to_string()),
+        }
+    }
+}
+
+pub fn health(state: &ServeState) -> Response<ServeBody> {
+    if state.models.is_loading() || state.preloading.load(std::sync::atomic::Ordering::Acquire) {
+        full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json; charset=utf-8",
+            Bytes::from(json!({"status": "loading model"}).to_string()),
+        )
+    } else {
+        json(&json!({"status": "ok"}))
+    }
+}
+
+pub fn version() -> Response<ServeBody> {
+    json(&json!({ "version": OLLAMA_VERSION }))
+}
+
+pub fn details(meta: &GgufMeta) -> Value {
+    let arch = meta.architecture();
+    json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": arch,
+        "families": [arch],
+        "parameter_size": meta.str("general.size_label").unwrap_or(""),
+        "quantization_level": meta.quantization(),
+    })
+}
+
+pub async fn tags(state: &ServeState) -> Result<Response<ServeBody>, ServeError> {
+    let mut models = Vec::new();
+    for file in state.models.list().into_values() {
+        let details = match state.models.meta(&file).await {
+            Ok(meta) => details(&meta),
+            Err(e) => {
+                tracing::warn!("skipping {}: {e}", file.path.display());
+                continue;
+            }
+        };
+        models.push(json!({
+            "name": file.tagged(),
+            "model": file.tagged(),
+            "modified_at": rfc3339(file.modified),
+            "size": file.size,
+            "digest": file.digest(),
+            "details": details,
+        }));
+    }
+    Ok(json(&json!({ "models": models })))
+}
+
+pub fn ps(state: &ServeState) -> Response<ServeBody> {
+    let far = SystemTime::now() + Duration::from_secs(100 * 365 * 86400);
+    let models: Vec<Value> = state
+        .models
+        .loaded()
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.file.tagged(),
+                "model": l.file.tagged(),
+                "size": l.file.size,
+                "digest": l.file.digest(),
+                "details": details(&l.meta),
+                "expires_at": rfc3339(l.expires_at().unwrap_or(far)),
+                "size_vram": 0,
+                "context_length": l.engine.config().ctx_per_slot,
+                // rawrxd's own counters (Ollama clients ignore unknown fields).
+                "rawrxd": engine_stats(l),
+            })
+        })
+        .collect();
+    json(&json!({ "models": models }))
+}
+
+fn engine_stats(l: &Loaded) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = l.engine.stats();
+    json!({
+        "parallel": l.engine.config().parallel,
+        "in_flight": l.engine.in_flight(),
+        "steps": stats.steps.load(Relaxed),
+        "max_sequences_per_step": stats.max_sequences_per_step.load(Relaxed),
+        "prompt_tokens_reused": stats.prompt_tokens_reused.load(Relaxed),
+        "prompt_tokens_evaluated": stats.prompt_tokens_evaluated.load(Relaxed),
+    })
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ShowRequest {
+    model: Option<String>,
+    name: Option<String>,
+}
+
+/// The model name of a request (`model`, or the older `name`); missing → 400.
+fn model_name(model: Option<String>, name: Option<String>) -> Result<String, ServeError> {
+    model
+        .filter(|m| !m.is_empty())
+        .or(name.filter(|m| !m.is_empty()))
+        .ok_or_else(|| ServeError::BadRequest("model is required".into()))
+}
+
+pub async fn show(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: ShowRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    let file = state.models.find(&name)?;
+    let meta = state.models.meta(&file).await?;
+    let template = match meta.str("tokenizer.chat_template") {
+        Some(t) => t.to_string(),
+        None => template::describe_builtin(template::fallback_for(meta.architecture())).into(),
+    };
+    let mut info = Map::new();
+    for (key, value) in &meta.kv {
+        if key != "tokenizer.chat_template" {
+            info.insert(key.clone(), value.clone());
+        }
+    }
+    let ctx = state.models.engine_config().ctx_per_slot;
+    Ok(json(&json!({
+        "license": meta.str("general.license").unwrap_or(""),
+        "modelfile": format!("# Modelfile generated by rawrxd serve\nFROM {}\nPARAMETER num_ctx {ctx}\n", file.path.display()),
+        "parameters": format!("num_ctx                        {ctx}"),
+        "template": template,
+        "details": details(&meta),
+        "model_info": info,
+        "capabilities": ["completion"],
+        "modified_at": rfc3339(file.modified),
+    })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct GenerateRequest {
+    model: Option<String>,
+    name: Option<String>,
+    prompt: Option<String>,
+    system: Option<String>,
+    template: Option<String>,
+    context: Option<Vec<i32>>,
+    stream: Option<bool>,
+    raw: Option<bool>,
+    format: Option<Value>,
+    images: Option<Vec<Value>>,
+    options: Option<Options>,
+    keep_alive: Option<Value>,
+    suffix: Option<String>,
+    think: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub images: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ChatRequest {
+    model: Option<String>,
+    name: Option<String>,
+    messages: Option<Vec<ChatMessage>>,
+    stream: Option<bool>,
+    format: Option<Value>,
+    options: Option<Options>,
+    keep_alive: Option<Value>,
+    tools: Option<Vec<Value>>,
+    think: Option<Value>,
+}
+
+/// `think: true` (or a level) asks for a reasoning model; these models are not.
+fn check_think(name: &str, think: Option<&Value>) -> Result<(), ServeError> {
+    match think {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
+        Some(_) => Err(ServeError::BadRequest(format!(
+            "\"{name}\" does not support thinking"
+        ))),
+    }
+}
+
+/// What to generate from, before the model's template is known.
+pub(super) enum PromptSpec {
+    /// Final prompt text (raw, or already templated).
+    Text(String),
+    /// Chat messages for the model's chat template.
+    Chat(Vec<Message>),
+}
+
+/// A request admitted by the engine, with its first event already received.
+pub(super) struct Started {
+    pub loaded: Arc<Loaded>,
+    pub load_duration: Duration,
+    pub started: Instant,
+    pub keep_alive: Option<Duration>,
+    pub first: Event,
+    pub rx: UnboundedReceiver<Event>,
+}
+
+/// Common checks: the model exists, no images (text-only models).
+pub(super) fn check_model(
+    state: &ServeState,
+    name: &str,
+    has_images: bool,
+) -> Result<ModelFile, ServeError> {
+    let file = state.models.find(name)?;
+    if has_images {
+        return Err(ServeError::BadRequest(format!(
+            "model \"{name}\" does not support image input: this server runs text-only models"
+        )));
+    }
+    Ok(file)
+}
+
+/// Loads the model, renders the prompt, queues the job and waits for its first event.
+pub(super) async fn start(
+    state: &ServeState,
+    name: &str,
+    keep_alive: Option<Duration>,
+    prompt: PromptSpec,
+    mut job: Job,
+) -> Result<Started, ServeError> {
+    let started = Instant::now();
+    let (loaded, load_duration) = state.models.load(name, keep_alive).await?;
+    job.prompt = match prompt {
+        PromptSpec::Text(text) => text,
+        PromptSpec::Chat(messages) => {
+            template::render(&loaded.engine.model, loaded.meta.architecture(), &messages)
+                .map_err(ServeError::BadRequest)?
+        }
+    };
+    let mut rx = loaded.engine.submit(job).map_err(|e| match e {
+        EngineError::Busy { .. } => ServeError::Busy(e.to_string()),
+        other => ServeError::Internal(other.to_string()),
+    })?;
+    let first = rx
+        .recv()
+        .await
+        .ok_or_else(|| ServeError::Internal("the model was unloaded".into()))?;
+    if let Event::Rejected(message) = first {
+        return Err(ServeError::BadRequest(message));
+    }
+    Ok(Started {
+        loaded,
+        load_duration,
+        started,
+        keep_alive,
+        first,
+        rx,
+    })
+}
+
+/// The engine job for Ollama `options` and `format`.
+pub(super) fn job(
+    options: &Options,
+    format: Option<&Value>,
+    context: Vec<i32>,
+) -> Result<Job, ServeError> {
+    Ok(Job {
+        prompt: String::new(),
+        context,
+        sampling: options.sampling(),
+        stop: options.stops(),
+        num_predict: options.num_predict(),
+        num_ctx: options
+            .num_ctx
+            .filter(|n| *n > 0)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        grammar: options::grammar(format).map_err(ServeError::BadRequest)?,
+    })
+}
+
+/// The counters of Ollama's final chunk.
+fn counters(out: &mut Map<String, Value>, done: &Done, s: &Started, with_context: bool) {
+    out.insert("done".into(), json!(true));
+    out.insert("done_reason".into(), json!(done.reason.as_str()));
+    if with_context {
+        out.insert("context".into(), json!(done.context));
+    }
+    out.insert("total_duration".into(), json!(nanos(s.started.elapsed())));
+    out.insert("load_duration".into(), json!(nanos(s.load_duration)));
+    out.insert("prompt_eval_count".into(), json!(done.prompt_eval_count));
+    out.insert(
+        "prompt_eval_duration".into(),
+        json!(nanos(done.prompt_eval_duration)),
+    );
+    out.insert("eval_count".into(), json!(done.eval_count));
+    out.insert("eval_duration".into(), json!(nanos(done.eval_duration)));
+}
+
+/// Generate or chat, as one NDJSON stream or one JSON object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Generate,
+    Chat,
+}
+
+fn chunk(kind: Kind, model: &str, text: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    out.insert("created_at".into(), json!(now_rfc3339()));
+    match kind {
+        Kind::Generate => {
+            out.insert("response".into(), json!(text));
+        }
+        Kind::Chat => {
+            out.insert(
+                "message".into(),
+                json!({"role": "assistant", "content": text}),
+            );
+        }
+    }
+    out
+}
+
+async fn respond(
+    kind: Kind,
+    model: String,
+    streamed: bool,
+    mut s: Started,
+) -> Result<Response<ServeBody>, ServeError> {
+    if streamed {
+        let first = std::mem::replace(&mut s.first, Event::Text(String::new()));
+        let rx = std::mem::replace(&mut s.rx, tokio::sync::mpsc::unbounded_channel().1);
+        let format: Format = Box::new(move |event| match event {
+            Event::Text(text) => {
+                let mut c = chunk(kind, &model, &text);
+                c.insert("done".into(), json!(false));
+                line(&Value::Object(c))
+            }
+            Event::Done(done) => {
+                s.loaded.touch(s.keep_alive);
+                let mut c = chunk(kind, &model, "");
+                counters(&mut c, &done, &s, kind == Kind::Generate);
+                line(&Value::Object(c))
+            }
+            Event::Error(e) | Event::Rejected(e) => line(&json!({ "error": e })),
+        });
+        return Ok(stream(NDJSON, EventBody::new(first, rx, format)));
+    }
+    let mut text = String::new();
+    let mut event = Some(std::mem::replace(&mut s.first, Event::Text(String::new())));
+    loop {
+        let current = match event.take() {
+            Some(e) => e,
+            None => {
+                s.rx.recv()
+                    .await
+                    .unwrap_or_else(|| Event::Error("the generation ended unexpectedly".into()))
+            }
+        };
+        match current {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(done) => {
+                s.loaded.touch(s.keep_alive);
+                let mut c = chunk(kind, &model, &text);
+                counters(&mut c, &done, &s, kind == Kind::Generate);
+                return Ok(json(&Value::Object(c)));
+            }
+            Event::Error(e) => return Err(ServeError::Internal(e)),
+            Event::Rejected(e) => return Err(ServeError::BadRequest(e)),
+        }
+    }
+}
+
+/// A request with no prompt/messages only loads (or, with `keep_alive: 0`, unloads) the model.
+async fn load_only(
+    state: &ServeState,
+    kind: Kind,
+    model: &str,
+    keep_alive: Option<Duration>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let reason = if keep_alive == Some(Duration::ZERO) {
+        state.models.find(model)?;
+        state.models.unload(model);
+        "unload"
+    } else {
+        state.models.load(model, keep_alive).await?;
+        "load"
+    };
+    let mut c = chunk(kind, model, "");
+    c.insert("done_reason".into(), json!(reason));
+    c.insert("done".into(), json!(true));
+    Ok(json(&Value::Object(c)))
+}
+
+pub async fn generate(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: GenerateRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    check_model(
+        state,
+        &name,
+        body.images.as_ref().is_some_and(|i| !i.is_empty()),
+    )?;
+    check_think(&name, body.think.as_ref())?;
+    if body.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ServeError::BadRequest(format!(
+            "\"{name}\" does not support insert"
+        )));
+    }
+    let keep_alive =
+        options::keep_alive(body.keep_alive.as_ref()).map_err(ServeError::BadRequest)?;
+    let prompt = body.prompt.unwrap_or_default();
+    let context = body.context.unwrap_or_default();
+    if prompt.is_empty() && context.is_empty() {
+        return load_only(state, Kind::Generate, &name, keep_alive).await;
+    }
+    let options = body.options.unwrap_or_default();
+    let job = job(&options, body.format.as_ref(), context)?;
+    let system = body.system.unwrap_or_default();
+    let spec = if body.raw.unwrap_or(false) {
+        PromptSpec::Text(prompt)
+    } else if let Some(t) = body.template.filter(|t| !t.is_empty()) {
+        PromptSpec::Text(template::substitute(&t, &system, &prompt))
+    } else {
+        let mut messages = Vec::new();
+        if !system.is_empty() {
+            messages.push(Message {
+                role: "system".into(),
+                content: system,
+            });
+        }
+        messages.push(Message {
+            role: "user".into(),
+            content: prompt,
+        });
+        PromptSpec::Chat(messages)
+    };
+    let started = start(state, &name, keep_alive, spec, job).await?;
+    respond(Kind::Generate, name, body.stream.unwrap_or(true), started).await
+}
+
+pub async fn chat(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: ChatRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    let messages = body.messages.unwrap_or_default();
+    let images = messages
+        .iter()
+        .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty()));
+    check_model(state, &name, images)?;
+    check_think(&name, body.think.as_ref())?;
+    if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ServeError::BadRequest(format!(
+            "model \"{name}\" does not support tools"
+        )));
+    }
+    let keep_alive =
+        options::keep_alive(body.keep_alive.as_ref()).map_err(ServeError::BadRequest)?;
+    if messages.is_empty() {
+        return load_only(state, Kind::Chat, &name, keep_alive).await;
+    }
+    let options = body.options.unwrap_or_default();
+    let job = job(&options, body.format.as_ref(), Vec::new())?;
+    let messages = messages
+        .into_iter()
+        .map(|m| Message {
+            role: m.role,
+            content: m.content.unwrap_or_default(),
+        })
+        .collect();
+    let started = start(state, &name, keep_alive, PromptSpec::Chat(messages), job).await?;
+    respond(Kind::Chat, name, body.stream.unwrap_or(true), started).await
+}
+
+/// `input` of `/api/embed` and `/v1/embeddings`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Input {
+    pub(super) fn into_vec(self) -> Vec<String> {
+        match self {
+            Input::One(s) => vec![s],
+            Input::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct EmbedRequest {
+    model: Option<String>,
+    name: Option<String>,
+    input: Option<Input>,
+    /// `/api/embeddings` (legacy): one prompt.
+    prompt: Option<String>,
+    truncate: Option<bool>,
+    keep_alive: Option<Value>,
+}
+
+/// Loads the model and embeds `inputs`; returns the vectors, prompt tokens and load time.
+pub(super) async fn embed_inputs(
+    state: &ServeState,
+    name: &str,
+    keep_alive: Option<Duration>,
+    job: super::engine::EmbedJob,
+) -> Result<(super::engine::Embeddings, Duration), ServeError> {
+    state.models.find(name)?;
+    let (loaded, load_duration) = state.models.load(name, keep_alive).await?;
+    let result = loaded
+        .engine
+        .embed(job)
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?
+        .map_err(ServeError::BadRequest)?;
+    loaded.touch(keep_alive);
+    Ok((result, load_duration))
+}
+
+/// `POST /api/embed` (normalized vectors, `input` string or list) and the legacy
+/// `POST /api/embeddings` (`prompt`, one raw vector).
+pub async fn embed(
+    state: &ServeState,
+    request: Request<Incoming>,
+    legacy: bool,
+) -> Result<Response<ServeBody>, ServeError> {
+    let started = Instant::now();
+    let body: EmbedRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    state.models.find(&name)?;
+    let keep_alive =
+        options::keep_alive(body.keep_alive.as_ref()).map_err(ServeError::BadRequest)?;
+    let inputs = if legacy {
+        vec![body.prompt.unwrap_or_default()]
+    } else {
+        body.input.map(Input::into_vec).unwrap_or_default()
+    };
+    if inputs.is_empty() || (legacy && inputs[0].is_empty()) {
+        // Ollama: no input only loads the model.
+        state.models.load(&name, keep_alive).await?;
+        return Ok(json(&if legacy {
+            json!({ "embedding": [] })
+        } else {
+            json!({ "model": name, "embeddings": [] })
+        }));
+    }
+    let job = super::engine::EmbedJob {
+        inputs,
+        truncate: body.truncate.unwrap_or(true),
+        normalize: !legacy,
+    };
+    let (result, load_duration) = embed_inputs(state, &name, keep_alive, job).await?;
+    if legacy {
+        let vector = result.vectors.into_iter().next().unwrap_or_default();
+        return Ok(json(&json!({ "embedding": vector })));
+    }
+    Ok(json(&json!({
+        "model": name,
+        "embeddings": result.vectors,
+        "total_duration": nanos(started.elapsed()),
+        "load_duration": nanos(load_duration),
+        "prompt_eval_count": result.prompt_tokens,
+    })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct NameRequest {
+    model: Option<String>,
+    name: Option<String>,
+    source: Option<String>,
+    destination: Option<String>,
+    stream: Option<bool>,
+}
+
+/// `POST /api/pull`: models come from files, so pulling one that exists succeeds at once
+/// (clients pull before use); any other name is an error pointing at the models directory.
+pub async fn pull(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: NameRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    if state.models.find(&name).is_err() {
+        return Err(ServeError::NotFound(format!(
+            "model \"{name}\" not found: rawrxd serve does not download models; put the GGUF \
+             file in the models directory or pass --model PATH"
+        )));
+    }
+    let done = json!({"status": "success"});
+    if body.stream.unwrap_or(true) {
+        let mut out = line(&json!({"status": "pulling manifest"})).to_vec();
+        out.extend_from_slice(&line(&done));
+        return Ok(full(StatusCode::OK, NDJSON, Bytes::from(out)));
+    }
+    Ok(json(&done))
+}
+
+/// `DELETE /api/delete`: removes a model file from the models directory (not a `--model`
+/// file), unloading it first.
+pub async fn delete(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: NameRequest = read_json(request, state.max_body).await?;
+    let name = model_name(body.model, body.name)?;
+    let file = state.models.find(&name)?;
+    if !state.models.in_models_dir(&file.path) {
+        return Err(ServeError::BadRequest(format!(
+            "model \"{name}\" was given with --model; rawrxd serve only deletes files in its models directory"
+        )));
+    }
+    state.models.unload(&name);
+    std::fs::remove_file(&file.path)
+        .map_err(|e| ServeError::Internal(format!("cannot delete {}: {e}", file.path.display())))?;
+    Ok(full(
+        StatusCode::OK,
+        "application/json; charset=utf-8",
+        Bytes::new(),
+    ))
+}
+
+/// `POST /api/copy`: `source` → a new `destination.gguf` in the models directory (a hard
+/// link when possible).
+pub async fn copy(
+    state: &ServeState,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, ServeError> {
+    let body: NameRequest = read_json(request, state.max_body).await?;
+    let (Some(source), Some(destination)) = (body.source, body.destination) else {
+        return Err(ServeError::BadRequest(
+            "source and destination are required".into(),
+        ));
+    };
+    let file = state.models.find(&source)?;
+    let dest = super::models::base_name(&destination);
+    let valid = !dest.is_empty()
+        && dest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !dest.starts_with('.');
+    if !valid {
+        return Err(ServeError::BadRequest(format!(
+            "invalid destination name {destination:?}"
+        )));
+    }
+    let Some(dir) = state.models.models_dir() else {
+        return Err(ServeError::BadRequest(
+            "no models directory to copy into".into(),
+        ));
+    };
+    let target = dir.join(format!("{dest}.gguf"));
+    if target.exists() {
+        return Err(ServeError::BadRequest(format!(
+            "model \"{dest}\" already exists"
+        )));
+    }
+    let source_path = file.path.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(target.parent().unwrap_or(&target))?;
+        std::fs::hard_link(&source_path, &target)
+            .or_else(|_| std::fs::copy(&source_path, &target).map(|_| ()))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?
+    .map_err(|e| ServeError::Internal(format!("cannot copy the model: {e}")))?;
+    Ok(full(
+        StatusCode::OK,
+        "application/json; charset=utf-8",
+        Bytes::new(),
+    ))
+}
+
+/// `/api/create` and `/api/push`: not supported (models are plain GGUF files).
+pub fn unsupported(what: &str) -> ServeError {
+    ServeError::BadRequest(format!(
+        "{what} is not supported by rawrxd serve: models are GGUF files in the models directory"
+    ))
+}

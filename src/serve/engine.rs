@@ -1,0 +1,812 @@
+//! The inference engine of one loaded model: a worker thread that owns the llama.cpp context
+//! and runs continuous batching over `parallel` sequence slots, like llama.cpp's server.
+//!
+//! Every step builds one `LlamaBatch` holding the next token of every generating slot plus
+//! prompt chunks of newly admitted slots (up to `n_batch` tokens), decodes it once, then
+//! samples for every slot whose logits it produced. Requests beyond the slots wait in the job
+//! channel (bounded by [`Engine::submit`]'s admission counter; full → [`EngineError::Busy`]).
+//!
+//! **A request whose event receiver is dropped is cancelled before the next step and its slot
+//! freed.** The HTTP body owns the receiver, so a client that disconnects frees its slot.
+//! **A slot keeps the tokens in its KV cache**; a new request goes to the free slot sharing the
+//! longest prefix with its prompt and only the rest is evaluated (`swa_full` keeps sliding-window
+//! layers' cache whole so that reuse stays exact).
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::options::Sampling;
+use super::stop::StopBuffer;
+
+/// Sizing of one model's context and scheduler.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequence slots (llama-server's `--parallel`).
+    pub parallel: u32,
+    /// Context length of each slot.
+    pub ctx_per_slot: u32,
+    /// Most tokens per decode step.
+    pub batch: u32,
+    pub threads: i32,
+    /// Requests that may wait for a slot; more get [`EngineError::Busy`].
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("server busy: all {slots} slots and {queue} queue places are taken, try again later")]
+    Busy { slots: u32, queue: usize },
+    #[error("the model was unloaded")]
+    Closed,
+    #[error("cannot load the model: {0}")]
+    Load(String),
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Text to tokenize (special tokens parsed; BOS added when the model wants one and
+    /// `context` is empty).
+    pub prompt: String,
+    /// Tokens placed before the prompt (Ollama's `context` from an earlier response).
+    pub context: Vec<i32>,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+    pub num_predict: Option<u32>,
+    /// Per-request context limit (`num_ctx`), at most the slot's.
+    pub num_ctx: Option<u32>,
+    pub grammar: Option<String>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoneReason {
+    Stop,
+    Length,
+}
+
+impl DoneReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoneReason::Stop => "stop",
+            DoneReason::Length => "length",
+        }
+    }
+}
+
+/// Counters of a finished generation (Ollama's final-chunk fields).
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub reason: DoneReason,
+    pub prompt_eval_count: usize,
+    pub prompt_eval_duration: Duration,
+    pub eval_count: usize,
+    pub eval_duration: Duration,
+    /// Prompt and generated tokens, for Ollama's `context`.
+    pub context: Vec<i32>,
+}
+
+/// What the worker sends back for one job, in order: `Rejected` alone, or `Text`* then
+/// `Done` or `Error`.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The request cannot be served as sent (prompt too long, bad grammar…): a client error,
+    /// always the first and only event.
+    Rejected(String),
+    Text(String),
+    Done(Done),
+    Error(String),
+}
+
+/// Handle to a running engine; dropping the last one stops the worker (after its current
+/// requests' receivers are gone) and frees the model.
+pub struct Engine {
+    jobs: Sender<Work>,
+    alive: Arc<AtomicBool>,
+    stats: Arc<EngineStats>,
+    in_flight: Arc<AtomicUsize>,
+    config: EngineConfig,
+    pub model: Arc<LlamaModel>,
+}
+
+struct Queued {
+    job: Job,
+    events: UnboundedSender<Event>,
+    _ticket: Ticket,
+}
+
+/// Texts to embed, one vector each (mean-pooled over the tokens).
+#[derive(Debug, Clone)]
+pub struct EmbedJob {
+    pub inputs: Vec<String>,
+    /// Cut inputs longer than the context instead of refusing them.
+    pub truncate: bool,
+    /// Scale every vector to unit length (Ollama's `/api/embed`; not `/api/embeddings`).
+    pub normalize: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
+}
+
+type EmbedReply = tokio::sync::oneshot::Sender<Result<Embeddings, String>>;
+
+/// What the worker receives.
+enum Work {
+    Generate(Queued),
+    Embed(EmbedJob, EmbedReply, Ticket),
+}
+
+/// Counters of one engine, for `/api/ps` (and for tests to see batching and prefix reuse).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Decode steps run.
+    pub steps: AtomicU64,
+    /// Most sequences decoded together in one step.
+    pub max_sequences_per_step: AtomicUsize,
+    /// Prompt tokens taken from a slot's cache instead of being evaluated.
+    pub prompt_tokens_reused: AtomicU64,
+    /// Prompt tokens evaluated.
+    pub prompt_tokens_evaluated: AtomicU64,
+}
+
+/// Clears the engine's liveness flag when the worker thread ends.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Counts a request from admission until its job is dropped.
+struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+/// The process-wide llama.cpp backend, initialised once (with llama.cpp's logs sent to
+/// tracing, target `llama-cpp-2`).
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Load(e.clone()))
+}
+
+impl Engine {
+    /// Loads the model (mmap) and starts its worker. Blocking: call from `spawn_blocking`.
+    pub fn start(path: &std::path::Path, config: EngineConfig) -> Result<Engine, EngineError> {
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_use_mmap(true);
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let model = Arc::new(model);
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let worker_model = model.clone();
+        let worker_config = config.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let alive_flag = Alive(alive.clone());
+        let stats = Arc::new(EngineStats::default());
+        let worker_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("rawrxd-engine".into())
+            .spawn(move || {
+                // Cleared however the worker ends, a panic included, so the model is reloaded
+                // on next use instead of failing every request.
+                let _alive = alive_flag;
+                worker(worker_model, worker_config, worker_stats, rx, ready_tx)
+            })
+            .map_err(|e| EngineError::Load(format!("cannot start the worker thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Engine {
+                jobs,
+                alive,
+                stats,
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                config,
+                model,
+            }),
+            Ok(Err(e)) => Err(EngineError::Load(e)),
+            Err(_) => Err(EngineError::Load("the worker thread died".into())),
+        }
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// False once the worker thread has ended (it only ends early by panicking).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Requests admitted and not finished (generating or queued).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Queues `job`; events arrive on the returned receiver. Dropping it cancels the job.
+    pub fn submit(&self, job: Job) -> Result<UnboundedReceiver<Event>, EngineError> {
+        let cap = self.config.parallel as usize + self.config.queue;
+        let admitted = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            return Err(EngineError::Busy {
+                slots: self.config.parallel,
+                queue: self.config.queue,
+            });
+        }
+        let ticket = Ticket(self.in_flight.clone());
+        let (events, rx) = unbounded_channel();
+        self.jobs
+            .send(Work::Generate(Queued {
+                job,
+                events,
+                _ticket: ticket,
+            }))
+            .map_err(|_| EngineError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Embeds `job`'s inputs on the worker (between decode steps, on a second context made
+    /// on first use with embeddings and mean pooling).
+    pub async fn embed(&self, job: EmbedJob) -> Result<Result<Embeddings, String>, EngineError> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let ticket = Ticket(self.in_flight.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Work::Embed(job, tx, ticket))
+            .map_err(|_| EngineError::Closed)?;
+        rx.await.map_err(|_| EngineError::Closed)
+    }
+}
+
+/// A request being served by a slot.
+struct Active {
+    queued: Queued,
+    /// Prompt tokens not yet decoded.
+    pending: VecDeque<LlamaToken>,
+    /// The sampled token to decode next (generating phase).
+    next: Option<LlamaToken>,
+    sampler: LlamaSampler,
+    stops: StopBuffer,
+    utf8: Vec<u8>,
+    prompt_tokens: usize,
+    generated: usize,
+    limit_ctx: usize,
+    all_tokens: Vec<i32>,
+    started: Instant,
+    first_token: Option<Instant>,
+}
+
+struct Slot {
+    id: i32,
+    /// Tokens whose KV entries this sequence holds, in position order.
+    cache: Vec<LlamaToken>,
+    active: Option<Active>,
+    /// Index in the current batch whose logits belong to this slot.
+    logits_at: Option<i32>,
+    /// The current batch holds tokens of this slot.
+    in_batch: bool,
+}
+
+fn worker(
+    model: Arc<LlamaModel>,
+    config: EngineConfig,
+    stats: Arc<EngineStats>,
+    jobs: Receiver<Work>,
+    ready: Sender<Result<(), String>>,
+) {
+    let backend = match backend() {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let n_ctx = config.ctx_per_slot.saturating_mul(config.parallel);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(config.batch)
+        .with_n_ubatch(config.batch)
+        .with_n_seq_max(config.parallel)
+        .with_n_threads(config.threads)
+        .with_n_threads_batch(config.threads)
+        .with_kv_unified(false)
+        .with_swa_full(true);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "cannot create a context of {n_ctx} tokens: {e}"
+            )));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let mut slots: Vec<Slot> = (0..config.parallel as i32)
+        .map(|id| Slot {
+            id,
+            cache: Vec::new(),
+            active: None,
+            logits_at: None,
+            in_batch: false,
+        })
+        .collect();
+    let mut batch = LlamaBatch::new(config.batch as usize, 1);
+    let mut closed = false;
+    let mut embed_ctx: Option<LlamaContext<'_>> = None;
+
+    loop {
+        // Cancelled requests free their slot before anything else is scheduled.
+        for slot in &mut slots {
+            if slot
+                .active
+                .as_ref()
+                .is_some_and(|a| a.queued.events.is_closed())
+            {
+                tracing::debug!(slot = slot.id, "client gone; slot freed");
+                slot.active = None;
+            }
+        }
+        // Admit waiting jobs into free slots; block only when nothing is running.
+        while !closed && slots.iter().any(|s| s.active.is_none()) {
+            let busy = slots.iter().any(|s| s.active.is_some());
+            let work = if busy {
+                match jobs.try_recv() {
+                    Ok(q) => q,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            } else {
+                match jobs.recv() {
+                    Ok(q) => q,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            };
+            let queued = match work {
+                Work::Generate(queued) => queued,
+                Work::Embed(job, reply, _ticket) => {
+                    let _ = reply.send(embed(&model, &mut embed_ctx, &config, &job));
+                    continue;
+                }
+            };
+            if queued.events.is_closed() {
+                continue;
+            }
+            admit(&model, &mut ctx, &config, &stats, &mut slots, queued);
+        }
+        if closed && slots.iter().all(|s| s.active.is_none()) {
+            tracing::debug!("engine stopped");
+            return;
+        }
+
+        // One batch: generating slots first (one token each), then prompt chunks.
+        batch.clear();
+        let mut budget = config.batch as usize;
+        let mut failed = None;
+        for slot in &mut slots {
+            slot.logits_at = None;
+            slot.in_batch = false;
+            let Some(active) = slot.active.as_mut() else {
+                continue;
+            };
+            if let Some(token) = active.next.take() {
+                slot.in_batch = true;
+                let pos = slot.cache.len() as i32;
+                if let Err(e) = batch.add(token, pos, &[slot.id], true) {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                slot.cache.push(token);
+                slot.logits_at = Some(batch.n_tokens() - 1);
+                budget -= 1;
+            }
+        }
+        for slot in &mut slots {
+            if failed.is_some() || budget == 0 {
+                break;
+            }
+            let Some(active) = slot.active.as_mut() else {
+                continue;
+            };
+            while budget > 0 {
+                let Some(token) = active.pending.pop_front() else {
+                    break;
+                };
+                let last = active.pending.is_empty();
+                slot.in_batch = true;
+                let pos = slot.cache.len() as i32;
+                if let Err(e) = batch.add(token, pos, &[slot.id], last) {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                slot.cache.push(token);
+                budget -= 1;
+                if last {
+                    slot.logits_at = Some(batch.n_tokens() - 1);
+                }
+            }
+        }
+        if batch.n_tokens() == 0 {
+            continue;
+        }
+        let sequences = slots.iter().filter(|s| s.in_batch).count();
+        stats.steps.fetch_add(1, Ordering::Relaxed);
+        stats
+            .max_sequences_per_step
+            .fetch_max(sequences, Ordering::Relaxed);
+        let result = match failed {
+            Some(e) => Err(e),
+            None => ctx.decode(&mut batch).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("decode failed: {e}");
+            for slot in &mut slots {
+                if let Some(active) = slot.active.take() {
+                    let _ = active
+                        .queued
+                        .events
+                        .send(Event::Error(format!("inference failed: {e}")));
+                }
+                slot.cache.clear();
+                let _ = ctx.clear_kv_cache_seq(Some(slot.id as u32), None, None);
+            }
+            continue;
+        }
+        for slot in &mut slots {
+            if let Some(at) = slot.logits_at {
+                step(&model, &ctx, slot, at);
+            }
+        }
+    }
+}
+
+/// Tokenizes a job's prompt, picks the free slot sharing the longest prefix with it, trims
+/// that slot's cache to the shared prefix and makes it active.
+fn admit(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    config: &EngineConfig,
+    stats: &EngineStats,
+    slots: &mut [Slot],
+    queued: Queued,
+) {
+    let started = Instant::now();
+    let vocab = model.vocab();
+    let mut tokens: Vec<LlamaToken> = queued
+        .job
+        .context
+        .iter()
+        .map(|&t| LlamaToken::new(t))
+        .collect();
+    let add_bos =
+        tokens.is_empty() && vocab.should_add_bos() && !starts_with_bos(model, &queued.job.prompt);
+    tokens.extend(vocab.tokenize(queued.job.prompt.as_bytes(), add_bos, true));
+    let limit_ctx = queued
+        .job
+        .num_ctx
+        .map_or(config.ctx_per_slot, |n| n.clamp(1, config.ctx_per_slot))
+        as usize;
+    if tokens.is_empty() {
+        let _ = queued
+            .events
+            .send(Event::Rejected("the prompt is empty".into()));
+        return;
+    }
+    if tokens.len() >= limit_ctx {
+        let _ = queued.events.send(Event::Rejected(format!(
+            "the prompt is {} tokens, more than the context length of {limit_ctx}",
+            tokens.len()
+        )));
+        return;
+    }
+    if let Some(bad) = tokens.iter().find(|t| t.0 < 0 || t.0 >= model.n_vocab()) {
+        let _ = queued.events.send(Event::Rejected(format!(
+            "invalid token {} in context",
+            bad.0
+        )));
+        return;
+    }
+    let sampler = match build_sampler(model, &queued.job.sampling, queued.job.grammar.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = queued.events.send(Event::Rejected(e));
+            return;
+        }
+    };
+    let Some(slot) = slots
+        .iter_mut()
+        .filter(|s| s.active.is_none())
+        .max_by_key(|s| common_prefix(&s.cache, &tokens))
+    else {
+        return;
+    };
+    // At least one prompt token must be evaluated to get logits.
+    let mut keep = common_prefix(&slot.cache, &tokens).min(tokens.len() - 1);
+    let trimmed = ctx
+        .clear_kv_cache_seq(Some(slot.id as u32), Some(keep as u32), None)
+        .unwrap_or(false);
+    if !trimmed {
+        let _ = ctx.clear_kv_cache_seq(Some(slot.id as u32), None, None);
+        keep = 0;
+    }
+    slot.cache.truncate(keep);
+    stats
+        .prompt_tokens_reused
+        .fetch_add(keep as u64, Ordering::Relaxed);
+    stats
+        .prompt_tokens_evaluated
+        .fetch_add((tokens.len() - keep) as u64, Ordering::Relaxed);
+    tracing::debug!(
+        slot = slot.id,
+        prompt = tokens.len(),
+        reused = keep,
+        "request admitted"
+    );
+    let stop = queued.job.stop.clone();
+    slot.active = Some(Active {
+        pending: tokens[keep..].iter().copied().collect(),
+        all_tokens: tokens.iter().map(|t| t.0).collect(),
+        prompt_tokens: tokens.len(),
+        queued,
+        next: None,
+        sampler,
+        stops: StopBuffer::new(stop),
+        utf8: Vec::new(),
+        generated: 0,
+        limit_ctx,
+        started,
+        first_token: None,
+    });
+}
+
+/// Runs one embedding job on the embedding context (created on first use).
+fn embed<'m>(
+    model: &'m LlamaModel,
+    slot: &mut Option<LlamaContext<'m>>,
+    config: &EngineConfig,
+    job: &EmbedJob,
+) -> Result<Embeddings, String> {
+    let n_ctx = config.ctx_per_slot;
+    if slot.is_none() {
+        let backend = backend().map_err(|e| e.to_string())?;
+        let params = LlamaContextParams::default()
+            .with_embeddings(true)
+            .with_pooling_type(LlamaPoolingType::Mean)
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_ubatch(n_ctx)
+            .with_n_seq_max(1)
+            .with_n_threads(config.threads)
+            .with_n_threads_batch(config.threads);
+        let ctx = model
+            .new_context(backend, params)
+            .map_err(|e| format!("cannot create an embedding context: {e}"))?;
+        *slot = Some(ctx);
+    }
+    let Some(ctx) = slot.as_mut() else {
+        return Err("no embedding context".into());
+    };
+    let vocab = model.vocab();
+    let mut batch = LlamaBatch::new(n_ctx as usize, 1);
+    let mut out = Embeddings {
+        vectors: Vec::with_capacity(job.inputs.len()),
+        prompt_tokens: 0,
+    };
+    for input in &job.inputs {
+        let mut tokens = vocab.tokenize(input.as_bytes(), vocab.should_add_bos(), false);
+        if tokens.is_empty() {
+            return Err("cannot embed an empty input".into());
+        }
+        if tokens.len() > n_ctx as usize {
+            if !job.truncate {
+                return Err(format!(
+                    "the input is {} tokens, more than the context length of {n_ctx}",
+                    tokens.len()
+                ));
+            }
+            tokens.truncate(n_ctx as usize);
+        }
+        out.prompt_tokens += tokens.len();
+        ctx.clear_kv_cache();
+        batch.clear();
+        batch
+            .add_sequence(&tokens, 0, true)
+            .map_err(|e| e.to_string())?;
+        ctx.decode(&mut batch)
+            .map_err(|e| format!("embedding failed: {e}"))?;
+        let mut vector = ctx
+            .embeddings_seq_ith(0)
+            .map_err(|_| "the model gave no pooled embedding".to_string())?
+            .to_vec();
+        if job.normalize {
+            let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                vector.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        out.vectors.push(vector);
+    }
+    Ok(out)
+}
+
+fn starts_with_bos(model: &LlamaModel, prompt: &str) -> bool {
+    let bos = model
+        .vocab()
+        .token_to_piece(model.vocab().bos(), true, None);
+    !bos.is_empty() && prompt.as_bytes().starts_with(&bos)
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Ollama's sampler order (llama.cpp's common sampler): grammar, penalties, top-k, top-p,
+/// min-p, temperature, then a seeded draw (greedy when temperature ≤ 0).
+fn build_sampler(
+    model: &LlamaModel,
+    s: &Sampling,
+    grammar: Option<&str>,
+) -> Result<LlamaSampler, String> {
+    let mut chain = Vec::new();
+    if let Some(g) = grammar {
+        chain.push(
+            LlamaSampler::grammar(model, g, "root").map_err(|e| format!("invalid grammar: {e}"))?,
+        );
+    }
+    chain.push(LlamaSampler::penalties(
+        model.n_vocab(),
+        s.repeat_last_n,
+        s.repeat_penalty,
+        s.frequency_penalty,
+        s.presence_penalty,
+    ));
+    if s.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if s.top_k > 0 {
+            chain.push(LlamaSampler::top_k(s.top_k));
+        }
+        if s.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(s.top_p, 1));
+        }
+        if s.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(s.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(s.temperature));
+        // u32::MAX is llama.cpp's LLAMA_DEFAULT_SEED: a random seed.
+        chain.push(LlamaSampler::dist(s.seed.unwrap_or(u32::MAX)));
+    }
+    Ok(LlamaSampler::chain_simple(chain))
+}
+
+/// Samples one token for `slot` from batch index `at`, streams its text, and ends the request
+/// on end-of-generation, a stop sequence, `num_predict` or the context limit.
+fn step(model: &LlamaModel, ctx: &LlamaContext<'_>, slot: &mut Slot, at: i32) {
+    let Some(active) = slot.active.as_mut() else {
+        return;
+    };
+    let token = active.sampler.sample(ctx, at);
+    if active.first_token.is_none() {
+        active.first_token = Some(Instant::now());
+    }
+    let vocab = model.vocab();
+    let mut reason = None;
+    let mut on_sequence = false;
+    if vocab.is_eog(token) {
+        reason = Some(DoneReason::Stop);
+    } else {
+        active.generated += 1;
+        active.all_tokens.push(token.0);
+        active.utf8.extend(vocab.token_to_piece(token, false, None));
+        let text = take_utf8(&mut active.utf8);
+        let released = active.stops.push(&text);
+        if !released.text.is_empty() {
+            let _ = active.queued.events.send(Event::Text(released.text));
+        }
+        if released.stopped {
+            reason = Some(DoneReason::Stop);
+            on_sequence = true;
+        } else if active
+            .queued
+            .job
+            .num_predict
+            .is_some_and(|n| active.generated >= n as usize)
+            || slot.cache.len() + 1 >= active.limit_ctx
+        {
+            reason = Some(DoneReason::Length);
+        } else {
+            active.next = Some(token);
+        }
+    }
+    let Some(reason) = reason else {
+        return;
+    };
+    let Some(mut active) = slot.active.take() else {
+        return;
+    };
+    // After a stop sequence nothing is held (and what follows it is dropped).
+    if !on_sequence {
+        let mut rest = active.stops.finish();
+        rest.push_str(&String::from_utf8_lossy(&std::mem::take(&mut active.utf8)));
+        if !rest.is_empty() {
+            let _ = active.queued.events.send(Event::Text(rest));
+        }
+    }
+    let first = active.first_token.unwrap_or_else(Instant::now);
+    let done = Done {
+        reason,
+        prompt_eval_count: active.prompt_tokens,
+        prompt_eval_duration: first.duration_since(active.started),
+        eval_count: active.generated,
+        eval_duration: first.elapsed(),
+        context: std::mem::take(&mut active.all_tokens),
+    };
+    let _ = active.queued.events.send(Event::Done(done));
+}
+
+/// Removes and returns the longest valid UTF-8 prefix of `buf`; an incomplete character at
+/// the end stays for the next piece, invalid bytes become U+FFFD.
+fn take_utf8(buf: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(buf) {
+        Ok(s) => {
+            let s = s.to_string();
+            buf.clear();
+            s
+        }
+        Err(e) => {
+            let valid = e.valid_up_to();
+            if e.error_len().is_none() {
+                // Incomplete sequence at the end: keep it.
+                let rest = buf.split_off(valid);
+                let s = String::from_utf8_lossy(buf).into_owned();
+                *buf = rest;
+                s
+            } else {
+                let s = String::from_utf8_lossy(buf).into_owned();
+                buf.clear();
+                s
+            }
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The HTTP side of `rawrxd serve`: the accept loop (HTTP/1.1 + h2c, graceful drain, the
+//! same hyper-util setup as the proxy's `server`), routing by path and method, request bodies
+//! (size-limited JSON; any or no `Content-Type`), errors in Ollama's / OpenAI's shape, and the
+//! streamed response body fed by the engine's events.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::engine::Event;
+use super::{api, openai, ServeState};
+use crate::wire::Flavor;
+
+/// The response body type of every serve endpoint.
+pub type ServeBody = UnsyncBoxBody<Bytes, Infallible>;
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An error on the request path, with its one status mapping.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ServeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("405 method not allowed")]
+    MethodNotAllowed,
+    #[error("request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServeError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ServeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn openai_type(&self) -> &'static str {
+        match self {
+            ServeError::Internal(_) | ServeError::Busy(_) => "server_error",
+            ServeError::NotFound(_) => "not_found_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    pub fn into_response(self, flavor: Flavor) -> Response<ServeBody> {
+        let body = flavor.error_body(&self.to_string(), self.openai_type());
+        full(self.status(), "application/json; charset=utf-8", body)
+    }
+}
+
+/// A complete response.
+pub fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ServeBody> {
+    let mut response = Response::new(Full::new(body).boxed_unsync());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A complete JSON response.
+pub fn json(value: &serde_json::Value) -> Response<ServeBody> {
+    full(
+        StatusCode::OK,
+        "application/json; charset=utf-8",
+        Bytes::from(value.to_string()),
+    )
+}
+
+/// Reads a JSON request body of at most `limit` bytes, whatever its `Content-Type`.
+pub async fn read_json<T: DeserializeOwned>(
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ServeError> {
+    let bytes = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                ServeError::TooLarge(limit)
+            } else {
+                ServeError::BadRequest(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ServeError::BadRequest("missing request body".into()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ServeError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+/// Turns one engine event into the bytes sent for it.
+pub type Format = Box<dyn FnMut(Event) -> Bytes + Send>;
+
+/// A streamed response: the engine's events, each formatted into one NDJSON line or SSE
+/// event. **Dropping this body (client gone) drops the receiver, which cancels the request
+/// in the engine.** If the engine's channel ends without `Done`/`Error`, one error frame is
+/// sent so the client never takes a cut stream for a finished one.
+pub struct EventBody {
+    rx: UnboundedReceiver<Event>,
+    first: Option<Event>,
+    format: Format,
+    done: bool,
+}
+
+impl EventBody {
+    pub fn new(first: Event, rx: UnboundedReceiver<Event>, format: Format) -> Self {
+        Self {
+            rx,
+            first: Some(first),
+            format,
+            done: false,
+        }
+    }
+}
+
+impl Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let event = match this.first.take() {
+            Some(event) => event,
+            None => match ready!(this.rx.poll_recv(cx)) {
+                Some(event) => event,
+                None => Event::Error("the generation ended unexpectedly".into()),
+            },
+        };
+        if matches!(event, Event::Done(_) | Event::Error(_) | Event::Rejected(_)) {
+            this.done = true;
+        }
+        Poll::Ready(Some(Ok(Frame::data((this.format)(event)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// A streamed response with `content_type`.
+pub fn stream(content_type: &'static str, body: EventBody) -> Response<ServeBody> {
+    let mut response = Response::new(body.boxed_unsync());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Answers one request; never fails.
+pub async fn handle(
+    state: Arc<ServeState>,
+    request: Request<Incoming>,
+) -> Result<Response<ServeBody>, Infallible> {
+    let path = request.uri().path().to_string();
+    let flavor = Flavor::of_path(&path);
+    let method = request.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    let result = match path.trim_end_matches('/') {
+        "" if get => Ok(full(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"Ollama is running"),
+        )),
+        "/health" | "/api/health" if get => Ok(api::health(&state)),
+        "/api/version" if get => Ok(api::version()),
+        "/api/tags" if get => api::tags(&state).await,
+        "/api/ps" if get => Ok(api::ps(&state)),
+        "/api/show" if post => api::show(&state, request).await,
+        "/api/generate" if post => api::generate(&state, request).await,
+        "/api/chat" if post => api::chat(&state, request).await,
+        "/api/pull" if post => api::pull(&state, request).await,
+        "/api/copy" if post => api::copy(&state, request).await,
+        "/api/delete" if method == Method::DELETE => api::delete(&state, request).await,
+        "/api/create" if post => Err(api::unsupported("creating models")),
+        "/api/push" if post => Err(api::unsupported("pushing models")),
+        "/api/embed" if post => api::embed(&state, request, false).await,
+        "/api/embeddings" if post => api::embed(&state, request, true).await,
+        "/v1/models" if get => openai::models(&state).await,
+        "/v1/embeddings" if post => openai::embeddings(&state, request).await,
+        "/v1/chat/completions" if post => openai::chat(&state, request).await,
+        "/v1/completions" if post => openai::completions(&state, request).await,
+        ""
+        | "/health"
+        | "/api/health"
+        | "/api/version"
+        | "/api/tags"
+        | "/api/ps"
+        | "/api/show"
+        | "/api/generate"
+        | "/api/chat"
+        | "/api/embed"
+        | "/api/embeddings"
+        | "/api/pull"
+        | "/api/copy"
+        | "/api/delete"
+        | "/api/create"
+        | "/api/push"
+        | "/v1/embeddings"
+        | "/v1/models"
+        | "/v1/chat/completions"
+        | "/v1/completions" => Err(ServeError::MethodNotAllowed),
+        _ => Err(ServeError::NotFound("404 page not found".into())),
+    };
+    let response = result.unwrap_or_else(|e| {
+        if e.status().is_server_error() {
+            tracing::warn!(%method, %path, "{e}");
+        } else {
+            tracing::debug!(%method, %path, "{e}");
+        }
+        e.into_response(flavor)
+    });
+    Ok(response)
+}
+
+/// How a [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    pub drained: bool,
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting and lets in-flight
+/// requests finish within `grace`.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<ServeState>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Finished {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("{}", crate::server::listening_message("serve", addr));
+    }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let reaper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                state.models.reap();
+            }
+        })
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(state.clone(), request));
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%peer, "connection ended: {error}");
+            }
+        });
+    }
+    drop(listener);
+    reaper.abort();
+    let drained = tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok();
+    Finished { drained }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn lines() -> Format {
+        Box::new(|event| {
+            Bytes::from(match event {
+                Event::Text(t) => format!("text {t}\n"),
+                Event::Done(_) => "done\n".to_string(),
+                Event::Error(e) | Event::Rejected(e) => format!("error {e}\n"),
+            })
+        })
+    }
+
+    /// A stream whose engine side vanishes without `Done` ends with an error frame, never
+    /// cleanly.
+    #[tokio::test]
+    async fn a_cut_stream_ends_with_an_error_frame() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Event::Text("b".into())).unwrap();
+        drop(tx);
+        let body = EventBody::new(Event::Text("a".into()), rx, lines());
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &bytes[..],
+            b"text a\ntext b\nerror the generation ended unexpectedly\n"
+        );
+    }
+
+    /// Dropping the body (the client went away) closes the engine's sender side.
+    #[test]
+    fn dropping_the_body_closes_the_channel() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let body = EventBody::new(Event::Text("a".into()), rx, lines());
+        assert!(!tx.is_closed());
+        drop(body);
+        assert!(tx.is_closed());
+    }
+
+    /// Pins the error → status mapping clients rely on.
+    #[test]
+    fn status_mapping() {
+        let cases = [
+            (ServeError::BadRequest("x".into()), 400),
+            (ServeError::NotFound("x".into()), 404),
+            (ServeError::MethodNotAllowed, 405),
+            (ServeError::TooLarge(1), 413),
+            (ServeError::Busy("x".into()), 503),
+            (ServeError::Internal("x".into()), 500),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+        }
+    }
+}
