@@ -87,6 +87,16 @@ fn server() -> SocketAddr {
     *ADDR.get_or_init(|| start_server(4, 1024, 1 << 20))
 }
 
+/// Kills a spawned binary when the test ends, passing or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
@@ -826,6 +836,7 @@ fn binary_serve_preloads_and_reports_health() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    let _child = Reaped(child);
     let (tx, logs) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -852,8 +863,6 @@ fn binary_serve_preloads_and_reports_health() {
     }
     let ps = call(addr, "GET", "/api/ps", None, "").json();
     assert_eq!(ps["models"][0]["name"], format!("{MODEL}:latest"));
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
@@ -1074,6 +1083,7 @@ fn binary_up_proxies_to_its_own_serve() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    let _child = Reaped(child);
     let (tx, logs) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -1117,7 +1127,5 @@ fn binary_up_proxies_to_its_own_serve() {
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     final_line(&reply.lines());
-    let _ = child.kill();
-    let _ = child.wait();
     let _ = std::fs::remove_dir_all(dir);
 }
