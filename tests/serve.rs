@@ -430,6 +430,29 @@ fn chat_stream_false_and_empty_images_and_tools_are_accepted() {
 }
 
 #[test]
+fn a_tools_list_is_ignored_rather_than_failing_the_turn() {
+    let _shared = shared();
+    let tool = json!({"type": "function", "function": {"name": "read_file",
+        "description": "Read a file", "parameters": {"type": "object",
+        "properties": {"path": {"type": "string"}}, "required": ["path"]}}});
+    let reply = post(
+        "/api/chat",
+        &json!({"model": MODEL, "stream": false, "tools": [tool.clone()], "messages": [
+            {"role": "user", "content": "Open src/main.rs"}
+        ], "options": {"num_predict": 4}}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["done"], true);
+    let reply = post(
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "tools": [tool], "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Open src/main.rs"}]}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.json()["choices"][0]["message"]["content"].is_string());
+}
+
+#[test]
 fn chat_without_content_type_works() {
     let _shared = shared();
     let body = json!({"model": MODEL, "stream": false, "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 2}});

@@ -501,10 +501,14 @@ pub async fn chat(
         .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty()));
     check_model(state, &name, images)?;
     check_think(&name, body.think.as_ref())?;
-    if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ServeError::BadRequest(format!(
-            "model \"{name}\" does not support tools"
-        )));
+    if let Some(tools) = body.tools.as_ref().filter(|t| !t.is_empty()) {
+        // Agents send their tool list on every turn, even to models without tool support;
+        // failing the turn would break them, so the tools are ignored (see README).
+        tracing::warn!(
+            model = %name,
+            tools = tools.len(),
+            "tools ignored: rawrxd serve does not do tool calling; answering as a plain chat"
+        );
     }
     let keep_alive =
         options::keep_alive(body.keep_alive.as_ref()).map_err(ServeError::BadRequest)?;
