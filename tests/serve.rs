@@ -1152,3 +1152,60 @@ fn binary_up_proxies_to_its_own_serve() {
     final_line(&reply.lines());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A server of its own (so the shared one's queue is not filled by other tests): 16
+/// concurrent generations on 4 slots all complete, and a 50 MiB body is read and answered.
+#[test]
+fn sixteen_concurrent_generations_and_a_50_mib_body() {
+    let _shared = shared();
+    let addr = start_server(4, 512, 64 << 20);
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = json!({"model": MODEL, "prompt": format!("Item {i}:"),
+                    "options": {"num_predict": 4, "seed": i}});
+                call(
+                    addr,
+                    "POST",
+                    "/api/generate",
+                    Some(body.to_string().as_bytes()),
+                    "",
+                )
+            })
+        })
+        .collect();
+    for handle in handles {
+        let reply = handle.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let lines = reply.lines();
+        let last = final_line(&lines);
+        assert_eq!(last["done"], true);
+        assert!(last["eval_count"].as_u64().unwrap() <= 4);
+    }
+    // 50 MiB of JSON (whitespace padding around a small request) is accepted whole.
+    let request = json!({"model": MODEL, "prompt": "hi", "stream": false,
+        "options": {"num_predict": 2}})
+    .to_string();
+    let mut big = request.as_bytes()[..request.len() - 1].to_vec();
+    big.resize(big.len() + (50 << 20), b' ');
+    big.push(b'}');
+    let reply = call(addr, "POST", "/api/generate", Some(&big), "");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["done"], true);
+}
+
+#[test]
+fn malformed_http_gets_400() {
+    let _shared = shared();
+    let mut stream = TcpStream::connect(server()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    // The server is still up.
+    assert_eq!(call(server(), "GET", "/api/version", None, "").status, 200);
+}
