@@ -50,6 +50,11 @@ fn start_server(parallel: u32, ctx: u32, max_body: usize) -> SocketAddr {
     };
     let mut config = args.validate().unwrap();
     config.max_body = max_body;
+    launch(config)
+}
+
+/// Runs `rawrxd serve` with `config` in-process on its own runtime thread; returns its address.
+fn launch(config: rawrxd::serve::ServeConfig) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -735,28 +740,7 @@ fn full_queue_is_503_and_keep_alive_zero_unloads() {
         queue: 0,
         preload: false,
     };
-    let config = args.validate().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let state = std::sync::Arc::new(ServeState::new(&config));
-            rawrxd::serve::run(
-                listener,
-                state,
-                std::future::pending(),
-                config.shutdown_grace,
-            )
-            .await;
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = launch(args.validate().unwrap());
     let body = |v: Value| v.to_string().into_bytes();
 
     // A request without a prompt only loads the model.
@@ -992,27 +976,7 @@ fn pull_copy_delete_and_unsupported_requests() {
         queue: 0,
         preload: false,
     };
-    let config = args.validate().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let state = std::sync::Arc::new(ServeState::new(&config));
-            rawrxd::serve::run(
-                listener,
-                state,
-                std::future::pending(),
-                config.shutdown_grace,
-            )
-            .await;
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = launch(args.validate().unwrap());
     let send = |method: &str, path: &str, body: Value| {
         call(addr, method, path, Some(body.to_string().as_bytes()), "")
     };
