@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use rawrxd::serve::{ServeArgs, ServeState};
+use rawrxd::serve::{EngineFlags, ServeArgs, ServeState};
 use serde_json::{json, Value};
 
 const MODEL: &str = "gemma-3-270m-q4_k_m";
@@ -40,13 +40,15 @@ fn model_path() -> PathBuf {
 fn start_server(parallel: u32, ctx: u32, max_body: usize) -> SocketAddr {
     let args = ServeArgs {
         listen: "127.0.0.1:0".into(),
-        models: Some(std::env::temp_dir().join("rawrxd-serve-test-no-models")),
-        model: vec![model_path()],
-        parallel,
-        threads: Some(2),
-        ctx_size: ctx,
-        queue: 16,
-        preload: false,
+        engine: EngineFlags {
+            models: Some(std::env::temp_dir().join("rawrxd-serve-test-no-models")),
+            model: vec![model_path()],
+            parallel,
+            threads: Some(2),
+            ctx_size: ctx,
+            queue: 16,
+            preload: false,
+        },
     };
     let mut config = args.validate().unwrap();
     config.max_body = max_body;
@@ -732,13 +734,15 @@ fn full_queue_is_503_and_keep_alive_zero_unloads() {
     let _shared = shared();
     let args = ServeArgs {
         listen: "127.0.0.1:0".into(),
-        models: None,
-        model: vec![model_path()],
-        parallel: 1,
-        threads: Some(2),
-        ctx_size: 2048,
-        queue: 0,
-        preload: false,
+        engine: EngineFlags {
+            models: None,
+            model: vec![model_path()],
+            parallel: 1,
+            threads: Some(2),
+            ctx_size: 2048,
+            queue: 0,
+            preload: false,
+        },
     };
     let addr = launch(args.validate().unwrap());
     let body = |v: Value| v.to_string().into_bytes();
@@ -968,13 +972,15 @@ fn pull_copy_delete_and_unsupported_requests() {
     std::fs::create_dir_all(&dir).unwrap();
     let args = ServeArgs {
         listen: "127.0.0.1:0".into(),
-        models: Some(dir.clone()),
-        model: vec![model_path()],
-        parallel: 1,
-        threads: Some(1),
-        ctx_size: 256,
-        queue: 0,
-        preload: false,
+        engine: EngineFlags {
+            models: Some(dir.clone()),
+            model: vec![model_path()],
+            parallel: 1,
+            threads: Some(1),
+            ctx_size: 256,
+            queue: 0,
+            preload: false,
+        },
     };
     let addr = launch(args.validate().unwrap());
     let send = |method: &str, path: &str, body: Value| {

@@ -85,6 +85,13 @@ pub struct ServeArgs {
     )]
     pub listen: String,
 
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
+
+/// The model and engine flags `rawrxd serve` and `rawrxd up` share.
+#[derive(Debug, Args, Default, Clone)]
+pub struct EngineFlags {
     /// Directory of *.gguf models [default: $XDG_DATA_HOME/rawrxd/models or ~/.local/share/rawrxd/models]
     #[arg(long, value_name = "DIR", env = "RAWRXD_SERVE_MODELS")]
     pub models: Option<PathBuf>,
@@ -132,35 +139,36 @@ impl ServeArgs {
             .parse::<SocketAddr>()
             .map_err(|e| errors.push(format!("--listen {:?}: {e}", self.listen)))
             .ok();
-        if self.parallel == 0 || self.parallel > 256 {
+        if self.engine.parallel == 0 || self.engine.parallel > 256 {
             errors.push("--parallel must be between 1 and 256".into());
         }
-        if self.ctx_size < 64 {
+        if self.engine.ctx_size < 64 {
             errors.push("--ctx-size must be at least 64".into());
         }
-        for path in &self.model {
+        for path in &self.engine.model {
             if !path.is_file() {
                 errors.push(format!("--model {}: no such file", path.display()));
             }
         }
         let threads = self
+            .engine
             .threads
             .unwrap_or_else(|| models::physical_cores() as u32)
             .clamp(1, 1024);
         match (listen, errors.is_empty()) {
             (Some(listen), true) => Ok(ServeConfig {
                 listen,
-                models_dir: self.models.clone().or_else(default_models_dir),
-                model_paths: self.model.clone(),
+                models_dir: self.engine.models.clone().or_else(default_models_dir),
+                model_paths: self.engine.model.clone(),
                 engine: EngineConfig {
-                    parallel: self.parallel,
-                    ctx_per_slot: self.ctx_size,
+                    parallel: self.engine.parallel,
+                    ctx_per_slot: self.engine.ctx_size,
                     batch: 512,
                     threads: threads as i32,
-                    queue: self.queue,
+                    queue: self.engine.queue,
                 },
                 max_body: 100 << 20,
-                preload: self.preload,
+                preload: self.engine.preload,
                 shutdown_grace: Duration::from_secs(30),
             }),
             _ => Err(errors.join("; ")),
@@ -184,43 +192,8 @@ pub struct UpArgs {
     )]
     pub serve_listen: String,
 
-    /// Directory of *.gguf models [default: $XDG_DATA_HOME/rawrxd/models or ~/.local/share/rawrxd/models]
-    #[arg(long, value_name = "DIR", env = "RAWRXD_SERVE_MODELS")]
-    pub models: Option<PathBuf>,
-
-    /// A GGUF file to serve, named after its file stem (repeatable)
-    #[arg(long = "model", value_name = "PATH")]
-    pub model: Vec<PathBuf>,
-
-    /// Sequence slots per loaded model (requests decoded together)
-    #[arg(
-        long,
-        value_name = "N",
-        env = "RAWRXD_SERVE_PARALLEL",
-        default_value_t = 4
-    )]
-    pub parallel: u32,
-
-    /// CPU threads for inference [default: physical cores]
-    #[arg(long, value_name = "N", env = "RAWRXD_SERVE_THREADS")]
-    pub threads: Option<u32>,
-
-    /// Context length of each slot (the largest num_ctx a request gets)
-    #[arg(long, value_name = "TOKENS", env = "RAWRXD_SERVE_CTX", default_value_t = options::DEFAULT_NUM_CTX)]
-    pub ctx_size: u32,
-
-    /// Requests that may wait for a slot; beyond that the server answers 503
-    #[arg(
-        long,
-        value_name = "N",
-        env = "RAWRXD_SERVE_QUEUE",
-        default_value_t = 64
-    )]
-    pub queue: usize,
-
-    /// Load the --model files at start (and keep them loaded) instead of on first use
-    #[arg(long)]
-    pub preload: bool,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 impl UpArgs {
@@ -228,13 +201,7 @@ impl UpArgs {
     pub fn serve_args(&self) -> ServeArgs {
         ServeArgs {
             listen: self.serve_listen.clone(),
-            models: self.models.clone(),
-            model: self.model.clone(),
-            parallel: self.parallel,
-            threads: self.threads,
-            ctx_size: self.ctx_size,
-            queue: self.queue,
-            preload: self.preload,
+            engine: self.engine.clone(),
         }
     }
 }
