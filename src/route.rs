@@ -82,7 +82,13 @@ const MAX_PATCHED_JSON: usize = 64 << 20;
 
 /// Sends the request upstream; returns the response head and the time spent waiting for it.
 async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstreamed, Failure> {
-    let limit = state.config.max_body;
+    // Blob uploads (`POST /api/blobs/sha256:…`, how clients create a model from a file) carry
+    // whole model files; they stream through, and no rule ever reads them.
+    let limit = if request.uri().path().starts_with("/api/blobs/") {
+        u64::MAX
+    } else {
+        state.config.max_body
+    };
     let (mut parts, body) = request.into_parts();
     if let Some(declared) = declared_length(&parts.headers) {
         if declared > limit {

@@ -211,3 +211,24 @@ async fn connections_beyond_the_cap_wait_instead_of_failing() {
         assert_eq!(raw_status(&answer), 200);
     }
 }
+
+/// Blob uploads carry whole model files (`ollama create` from a file): they stream through
+/// whatever `max_body` is; every other path keeps the limit.
+#[tokio::test]
+async fn blob_uploads_are_exempt_from_the_body_limit() {
+    let (upstream, proxy) = setup().await;
+    let model = vec![b'm'; 64 * 1024];
+    let path = format!("/api/blobs/sha256:{}", "a".repeat(64));
+    let seen = call(proxy.addr, "POST", &path, &model).await;
+    assert_eq!(seen.status, 200);
+    let received = upstream.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].body.len(),
+        model.len(),
+        "the whole file reached serve"
+    );
+    let refused = call(proxy.addr, "POST", "/api/generate", &model).await;
+    assert_eq!(refused.status, 413);
+    still_serving(&proxy).await;
+}

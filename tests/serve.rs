@@ -969,27 +969,16 @@ fn pull_copy_delete_and_unsupported_requests() {
 
     // Copy into a models directory, list it, delete it.
     let dir = std::env::temp_dir().join(format!("rawrxd-serve-copy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let args = ServeArgs {
-        listen: "127.0.0.1:0".into(),
-        engine: EngineFlags {
-            models: Some(dir.clone()),
-            model: vec![model_path()],
-            parallel: 1,
-            threads: Some(1),
-            ctx_size: 256,
-            queue: 0,
-            preload: false,
-        },
-    };
-    let addr = launch(args.validate().unwrap());
+    let addr = launch_with_models(&dir);
     let send = |method: &str, path: &str, body: Value| {
         call(addr, method, path, Some(body.to_string().as_bytes()), "")
     };
     let copied = send(
         "POST",
         "/api/copy",
-        json!({"source": MODEL, "destination": "mine:latest"}),
+        json!({"source": MODEL, "destination": "mine:v1"}),
     );
     assert_eq!(copied.status, 200, "{}", copied.text());
     let tags = call(addr, "GET", "/api/tags", None, "").json();
@@ -999,10 +988,9 @@ fn pull_copy_delete_and_unsupported_requests() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        vec![format!("{MODEL}:latest").as_str(), "mine:latest"]
-    );
+    assert_eq!(names, vec![format!("{MODEL}:latest").as_str(), "mine:v1"]);
+    // The copy is content-addressed: its digest is the file's sha256.
+    assert_eq!(tags["models"][1]["digest"], file_sha256(&model_path()));
     assert_eq!(
         send(
             "POST",
@@ -1017,18 +1005,31 @@ fn pull_copy_delete_and_unsupported_requests() {
         400
     );
     assert_eq!(
-        send("DELETE", "/api/delete", json!({"model": "mine"})).status,
+        send("DELETE", "/api/delete", json!({"model": "mine:v1"})).status,
         200
     );
-    assert!(!dir.join("mine.gguf").exists());
+    assert!(!dir.join("manifests/mine/v1.json").exists());
     assert_eq!(
-        send("DELETE", "/api/delete", json!({"model": "mine"})).status,
+        std::fs::read_dir(dir.join("blobs")).unwrap().count(),
+        0,
+        "the blob went with its last name"
+    );
+    assert_eq!(
+        send("DELETE", "/api/delete", json!({"model": "mine:v1"})).status,
         404
     );
-    assert_eq!(
-        send("POST", "/api/create", json!({"model": "x"})).status,
-        400
-    );
+    let push = send("POST", "/api/push", json!({"model": MODEL}));
+    assert_eq!(push.status, 400);
+    assert!(push.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not supported"));
+    let create = send("POST", "/api/create", json!({"model": "x"}));
+    assert_eq!(create.status, 400);
+    assert!(create.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("from is required"));
     assert_eq!(
         send(
             "POST",
@@ -1178,4 +1179,587 @@ fn malformed_http_gets_400() {
     assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
     // The server is still up.
     assert_eq!(call(server(), "GET", "/api/version", None, "").status, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Model management: pull, create, blobs.
+
+/// A server with `dir` as its models directory (and the test model as a `--model` file).
+fn launch_with_models(dir: &std::path::Path) -> SocketAddr {
+    let args = ServeArgs {
+        listen: "127.0.0.1:0".into(),
+        engine: EngineFlags {
+            models: Some(dir.to_path_buf()),
+            model: vec![model_path()],
+            parallel: 1,
+            threads: Some(2),
+            ctx_size: 512,
+            queue: 4,
+            preload: false,
+        },
+    };
+    launch(args.validate().unwrap())
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rawrxd-serve-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn file_sha256(path: &std::path::Path) -> String {
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// The smallest valid GGUF: a header with one key, `general.architecture`, then `pad` bytes.
+fn tiny_gguf(pad: usize) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&1u64.to_le_bytes());
+    let key = b"general.architecture";
+    out.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&8u32.to_le_bytes());
+    out.extend_from_slice(&4u64.to_le_bytes());
+    out.extend_from_slice(b"test");
+    out.resize(out.len() + pad, 0);
+    out
+}
+
+/// A real HTTP file server for pull tests. It serves `data` at any path but `/missing`
+/// (404) and `/r/…` (a 302 to `/…` carrying `X-Linked-Etag: "<linked>"`, as Hugging Face
+/// does), with an ETag; honours `Range: bytes=N-` with 206; and cuts the first `cuts`
+/// responses off after `cut_after` body bytes (the connection just closes). It records the
+/// `Range` header of every request.
+struct FileServer {
+    addr: SocketAddr,
+    ranges: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FileServer {
+    fn start(data: Vec<u8>, cut_after: usize, cuts: usize) -> Self {
+        Self::start_linked(data, cut_after, cuts, String::new())
+    }
+
+    fn start_linked(data: Vec<u8>, cut_after: usize, cuts: usize, linked: String) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data = Arc::new(data);
+        let ranges = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let cuts = Arc::new(AtomicUsize::new(cuts));
+        let (r, s) = (ranges.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (data, ranges, sent, cuts) = (data.clone(), r.clone(), s.clone(), cuts.clone());
+                let linked = linked.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut range = None;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap();
+                        if line.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.trim().eq_ignore_ascii_case("range") {
+                                range = Some(v.trim().to_string());
+                            }
+                        }
+                    }
+                    if let Some(rest) = request_line
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.strip_prefix("/r/"))
+                    {
+                        let _ = stream.write_all(
+                            format!(
+                                "HTTP/1.1 302 Found\r\nLocation: /{rest}\r\nX-Linked-Etag: \"{linked}\"\r\n\
+                                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        );
+                        return;
+                    }
+                    ranges.lock().unwrap().push(range.clone());
+                    if request_line.contains(" /missing ") {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                        return;
+                    }
+                    let start = range
+                        .as_deref()
+                        .and_then(|r| r.strip_prefix("bytes="))
+                        .and_then(|r| r.strip_suffix('-'))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .filter(|n| *n < data.len());
+                    let (status, offset) = match start {
+                        Some(n) => ("206 Partial Content", n),
+                        None => ("200 OK", 0),
+                    };
+                    let mut head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\
+                         Accept-Ranges: bytes\r\nConnection: close\r\n",
+                        data.len() - offset
+                    );
+                    if start.is_some() {
+                        head.push_str(&format!(
+                            "Content-Range: bytes {offset}-{}/{}\r\n",
+                            data.len() - 1,
+                            data.len()
+                        ));
+                    }
+                    head.push_str("\r\n");
+                    stream.write_all(head.as_bytes()).unwrap();
+                    let cut = cuts
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                        .is_ok();
+                    let end = if cut {
+                        (offset + cut_after).min(data.len())
+                    } else {
+                        data.len()
+                    };
+                    if stream.write_all(&data[offset..end]).is_ok() {
+                        sent.fetch_add(end - offset, Ordering::SeqCst);
+                    }
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { addr, ranges, sent }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+}
+
+/// Posts `body` to `path` on `addr`.
+fn post_to(addr: SocketAddr, path: &str, body: &Value) -> Reply {
+    call(addr, "POST", path, Some(body.to_string().as_bytes()), "")
+}
+
+/// Posts `body` to `path` on `addr` and returns the NDJSON lines (status 200 asserted).
+fn ndjson(addr: SocketAddr, path: &str, body: Value) -> Vec<Value> {
+    let reply = post_to(addr, path, &body);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/x-ndjson"));
+    reply.lines()
+}
+
+fn tag_names(addr: SocketAddr) -> Vec<String> {
+    call(addr, "GET", "/api/tags", None, "").json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The real model pulled over HTTP: the server breaks off every response for the first
+/// pull, which gives up after its retries with the bytes kept; the second pull resumes with
+/// a `Range` request, verifies the sha256 and registers the model, which then generates.
+#[test]
+fn pull_from_a_url_resumes_verifies_and_registers_the_model() {
+    let _shared = shared();
+    let data = std::fs::read(model_path()).unwrap();
+    let digest = sha256_hex(&data);
+    let len = data.len();
+    let files = FileServer::start(data, 8 << 20, 4);
+    let dir = fresh_dir("pull");
+    let addr = launch_with_models(&dir);
+
+    let first = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": files.url("gemma-small.gguf"), "digest": format!("sha256:{digest}")}),
+    );
+    let error = first.last().unwrap()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("pull again to resume"), "{error}");
+    assert!(first
+        .iter()
+        .any(|l| l["completed"].as_u64().unwrap_or(0) > 0 && l["total"] == len));
+    let partials: Vec<_> = std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        partials.iter().any(|p| p.starts_with("partial-")),
+        "{partials:?}"
+    );
+    assert!(!tag_names(addr).contains(&"gemma-small:latest".to_string()));
+
+    let second = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": format!("{}#sha256={digest}", files.url("gemma-small.gguf"))}),
+    );
+    assert_eq!(second.last().unwrap()["status"], "success", "{second:?}");
+    let statuses: Vec<&str> = second.iter().filter_map(|l| l["status"].as_str()).collect();
+    assert!(
+        statuses.contains(&"verifying sha256 digest"),
+        "{statuses:?}"
+    );
+    let ranges = files.ranges.lock().unwrap().clone();
+    assert_eq!(ranges[0], None, "the first request starts at 0");
+    assert_eq!(
+        ranges[1].as_deref(),
+        Some(format!("bytes={}-", 8 << 20).as_str())
+    );
+    assert_eq!(
+        ranges.last().unwrap().as_deref(),
+        Some(format!("bytes={}-", 4 * (8 << 20)).as_str()),
+        "the second pull resumed where the first stopped: {ranges:?}"
+    );
+    assert_eq!(
+        files.sent.load(std::sync::atomic::Ordering::SeqCst),
+        len,
+        "no byte was sent twice"
+    );
+    let tags = call(addr, "GET", "/api/tags", None, "").json();
+    let pulled = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "gemma-small:latest")
+        .expect("registered")
+        .clone();
+    assert_eq!(pulled["digest"], digest);
+    assert_eq!(pulled["size"], len);
+    assert!(dir.join(format!("blobs/sha256-{digest}")).is_file());
+    let generated = post_to(
+        addr,
+        "/api/generate",
+        &json!({"model": "gemma-small", "prompt": "1, 2, 3,", "raw": true, "stream": false,
+                   "options": {"num_predict": 4, "temperature": 0}}),
+    );
+    assert_eq!(generated.status, 200, "{}", generated.text());
+    assert!(generated.json()["eval_count"].as_u64().unwrap() > 0);
+    // Pulling a name that now exists succeeds at once.
+    let again = ndjson(addr, "/api/pull", json!({"model": "gemma-small"}));
+    assert_eq!(again.last().unwrap()["status"], "success");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A wrong digest deletes the download and registers nothing; a missing URL and a file that
+/// is not a GGUF fail with clear errors; `stream: false` gives one JSON answer.
+#[test]
+fn pull_errors_bad_digest_not_found_and_not_gguf() {
+    let data = tiny_gguf(3 << 20);
+    let digest = sha256_hex(&data);
+    let files = FileServer::start(data.clone(), 0, 0);
+    let dir = fresh_dir("pull-errors");
+    let addr = launch_with_models(&dir);
+
+    let wrong = "0".repeat(64);
+    let lines = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": "tiny:v1", "from": files.url("tiny.gguf"), "digest": format!("sha256:{wrong}")}),
+    );
+    let error = lines.last().unwrap()["error"].as_str().unwrap();
+    assert!(
+        error.contains("digest mismatch") && error.contains(&digest),
+        "{error}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.join("blobs")).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the partial download was deleted: {left:?}"
+    );
+    assert!(!tag_names(addr).contains(&"tiny:v1".to_string()));
+
+    let missing = ndjson(addr, "/api/pull", json!({"model": files.url("missing")}));
+    assert!(missing.last().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("404"));
+
+    // Behind a redirect whose X-Linked-Etag gives the sha256 (Hugging Face's way): a file that
+    // does not match it is refused without any digest in the request; one that does passes.
+    let lying = FileServer::start_linked(data.clone(), 0, 0, "f".repeat(64));
+    let lines = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": lying.url("r/linked.gguf")}),
+    );
+    let error = lines.last().unwrap()["error"].as_str().unwrap();
+    assert!(error.contains("digest mismatch"), "{error}");
+    let honest = FileServer::start_linked(data.clone(), 0, 0, digest.clone());
+    let lines = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": honest.url("r/linked.gguf")}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    assert!(lines
+        .iter()
+        .any(|l| l["status"].as_str().unwrap_or("").contains("X-Linked-Etag")));
+    assert!(tag_names(addr).contains(&"linked:latest".to_string()));
+
+    let not_gguf = FileServer::start(b"<html>login</html>".to_vec(), 0, 0);
+    let lines = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": not_gguf.url("page.gguf")}),
+    );
+    let error = lines.last().unwrap()["error"].as_str().unwrap();
+    assert!(error.contains("not a GGUF file"), "{error}");
+    assert!(!tag_names(addr).contains(&"page:latest".to_string()));
+
+    // stream:false: one JSON object; the right digest registers the model.
+    let reply = post_to(
+        addr,
+        "/api/pull",
+        &json!({"model": "tiny:v1", "from": files.url("tiny.gguf"),
+                   "digest": format!("sha256:{digest}"), "stream": false}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json(), json!({"status": "success"}));
+    assert!(tag_names(addr).contains(&"tiny:v1".to_string()));
+    // A wrong digest without streaming is a 400 with the reason.
+    let reply = post_to(
+        addr,
+        "/api/pull",
+        &json!({"model": "tiny:v2", "from": files.url("tiny.gguf"),
+                   "digest": format!("sha256:{wrong}"), "stream": false}),
+    );
+    assert_eq!(reply.status, 400);
+    assert!(reply.json()["error"].as_str().unwrap().contains("mismatch"));
+
+    // A local path is imported the same way.
+    let local = dir.join("local-copy.bin");
+    std::fs::write(&local, &data).unwrap();
+    let lines = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": "from-disk", "from": local.display().to_string()}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    assert!(tag_names(addr).contains(&"from-disk:latest".to_string()));
+    let bad = post_to(addr, "/api/pull", &json!({"model": "/no/such/file.gguf"}));
+    assert_eq!(bad.status, 404);
+    assert_eq!(
+        post_to(
+            addr,
+            "/api/pull",
+            &json!({"model": "x", "from": files.url("t"), "digest": "sha256:12"})
+        )
+        .status,
+        400
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn generate_on(addr: SocketAddr, body: Value) -> Value {
+    let reply = post_to(addr, "/api/generate", &body);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+/// `/api/create` from a GGUF path with a system prompt and parameters, from an existing
+/// model, from an uploaded blob and from a Modelfile; each setting visibly changes what the
+/// model is asked (prompt tokens) or how much it says (num_predict).
+#[test]
+fn create_applies_system_template_and_parameters() {
+    let _shared = shared();
+    let dir = fresh_dir("create");
+    let addr = launch_with_models(&dir);
+    let path = model_path().display().to_string();
+
+    let lines = ndjson(
+        addr,
+        "/api/create",
+        json!({"model": "brief", "from": path, "system": "You answer in one word. Never explain.",
+               "parameters": {"num_predict": 3, "temperature": 0, "stop": ["\n\n"]}}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
+    assert!(
+        statuses.iter().any(|s| s.starts_with("importing")),
+        "{statuses:?}"
+    );
+
+    let plain = generate_on(
+        addr,
+        json!({"model": MODEL, "prompt": "Name a colour.", "stream": false,
+                                           "options": {"num_predict": 3, "temperature": 0}}),
+    );
+    let brief = generate_on(
+        addr,
+        json!({"model": "brief", "prompt": "Name a colour.", "stream": false}),
+    );
+    assert!(brief["eval_count"].as_u64().unwrap() <= 3, "{brief}");
+    assert!(
+        brief["prompt_eval_count"].as_u64().unwrap()
+            > plain["prompt_eval_count"].as_u64().unwrap() + 5,
+        "the system prompt is part of the prompt: {brief} vs {plain}"
+    );
+    // A request's own options win over the model's parameters.
+    let longer = generate_on(
+        addr,
+        json!({"model": "brief", "prompt": "1, 2, 3,", "raw": true,
+                                            "stream": false, "options": {"num_predict": 6}}),
+    );
+    assert!(longer["eval_count"].as_u64().unwrap() > 3, "{longer}");
+
+    let show = call(addr, "POST", "/api/show", Some(br#"{"name":"brief"}"#), "").json();
+    assert_eq!(show["system"], "You answer in one word. Never explain.");
+    let params = show["parameters"].as_str().unwrap();
+    assert!(
+        params.contains("num_predict") && params.contains("stop"),
+        "{params}"
+    );
+    assert!(show["modelfile"].as_str().unwrap().contains("SYSTEM"));
+
+    // From an existing model: inherits, overrides one thing; a minimal template.
+    let lines = ndjson(
+        addr,
+        "/api/create",
+        json!({"model": "brief:bare", "from": "brief", "template": "{{ .Prompt }}"}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    let bare = generate_on(
+        addr,
+        json!({"model": "brief:bare", "prompt": "Name a colour.", "stream": false}),
+    );
+    assert!(
+        bare["prompt_eval_count"].as_u64().unwrap() < plain["prompt_eval_count"].as_u64().unwrap(),
+        "no chat turns around the prompt: {bare} vs {plain}"
+    );
+    assert!(
+        bare["eval_count"].as_u64().unwrap() <= 3,
+        "num_predict inherited: {bare}"
+    );
+
+    // A blob upload, then create from it with a Modelfile.
+    let data = std::fs::read(model_path()).unwrap();
+    let hex = sha256_hex(&data);
+    let head = call(addr, "HEAD", &format!("/api/blobs/sha256:{hex}"), None, "");
+    assert_eq!(head.status, 200, "the imported model is already a blob");
+    let tiny = tiny_gguf(1000);
+    let tiny_hex = sha256_hex(&tiny);
+    assert_eq!(
+        call(
+            addr,
+            "HEAD",
+            &format!("/api/blobs/sha256:{tiny_hex}"),
+            None,
+            ""
+        )
+        .status,
+        404
+    );
+    let wrong = call(
+        addr,
+        "POST",
+        &format!("/api/blobs/sha256:{}", "0".repeat(64)),
+        Some(&tiny),
+        "",
+    );
+    assert_eq!(wrong.status, 400, "{}", wrong.text());
+    let uploaded = call(
+        addr,
+        "POST",
+        &format!("/api/blobs/sha256:{tiny_hex}"),
+        Some(&tiny),
+        "",
+    );
+    assert_eq!(uploaded.status, 201, "{}", uploaded.text());
+    let lines = ndjson(
+        addr,
+        "/api/create",
+        json!({"model": "from-blob", "files": {"model.gguf": format!("sha256:{hex}")},
+               "modelfile": "SYSTEM \"\"\"Be\nbrief.\"\"\"\nPARAMETER num_predict 2\nPARAMETER stop <end>\n"}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    let show = call(
+        addr,
+        "POST",
+        "/api/show",
+        Some(br#"{"model":"from-blob"}"#),
+        "",
+    )
+    .json();
+    assert_eq!(show["system"], "Be\nbrief.");
+    let out = generate_on(
+        addr,
+        json!({"model": "from-blob", "prompt": "Hello", "stream": false}),
+    );
+    assert!(out["eval_count"].as_u64().unwrap() <= 2, "{out}");
+
+    // Refusals, each with its reason.
+    for (body, needle) in [
+        (
+            json!({"model": "x", "from": path, "quantize": "q4_0"}),
+            "quantize",
+        ),
+        (
+            json!({"model": "x", "from": path, "parameters": {"num_gpu": 1}}),
+            "num_gpu",
+        ),
+        (
+            json!({"model": "x", "from": path, "parameters": {"top_k": "many"}}),
+            "invalid parameters",
+        ),
+        (
+            json!({"model": "x", "from": path, "template": "{{ range .Messages }}{{ end }}"}),
+            "not supported",
+        ),
+        (
+            json!({"model": "x", "from": "/no/such.gguf"}),
+            "no such file",
+        ),
+        (
+            json!({"model": "bad name", "from": path}),
+            "invalid model name",
+        ),
+        (
+            json!({"model": "x", "files": {"m.gguf": format!("sha256:{}", "1".repeat(64))}}),
+            "was not uploaded",
+        ),
+        (
+            json!({"model": "x", "modelfile": "FROM x\nADAPTER y"}),
+            "ADAPTER",
+        ),
+    ] {
+        let reply = post_to(addr, "/api/create", &body);
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+        let error = reply.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(needle), "{body}: {error}");
+    }
+    // A file that is not a GGUF is refused and registers nothing.
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let lines = ndjson(
+        addr,
+        "/api/create",
+        json!({"model": "junk", "from": junk.display().to_string()}),
+    );
+    assert!(lines.last().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a GGUF"));
+    assert!(!tag_names(addr).contains(&"junk:latest".to_string()));
+    std::fs::remove_dir_all(dir).unwrap();
 }

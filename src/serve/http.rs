@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::engine::Event;
-use super::{api, openai, ServeState};
+use super::{api, manage, openai, ServeState};
 use crate::wire::Flavor;
 
 /// The response body type of every serve endpoint.
@@ -47,6 +47,8 @@ pub enum ServeError {
     #[error("{0}")]
     Busy(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -58,6 +60,7 @@ impl ServeError {
             ServeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ServeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::Conflict(_) => StatusCode::CONFLICT,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -172,8 +175,37 @@ impl Body for EventBody {
     }
 }
 
-/// A streamed response with `content_type`.
-pub fn stream(content_type: &'static str, body: EventBody) -> Response<ServeBody> {
+/// A streamed response body fed by a channel of ready-made frames (model management's
+/// NDJSON progress lines). Dropping it (client gone) closes the channel, which stops the
+/// sender's work at its next line.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self { rx }
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        Poll::Ready(ready!(this.rx.poll_recv(cx)).map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A streamed response with `content_type` ([`EventBody`] or [`ChannelBody`]).
+pub fn stream<B>(content_type: &'static str, body: B) -> Response<ServeBody>
+where
+    B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
     let mut response = Response::new(body.boxed_unsync());
     response
         .headers_mut()
@@ -204,11 +236,19 @@ pub async fn handle(
         "/api/show" if post => api::show(&state, request).await,
         "/api/generate" if post => api::generate(&state, request).await,
         "/api/chat" if post => api::chat(&state, request).await,
-        "/api/pull" if post => api::pull(&state, request).await,
-        "/api/copy" if post => api::copy(&state, request).await,
-        "/api/delete" if method == Method::DELETE => api::delete(&state, request).await,
-        "/api/create" if post => Err(api::unsupported("creating models")),
-        "/api/push" if post => Err(api::unsupported("pushing models")),
+        "/api/pull" if post => manage::pull(&state, request).await,
+        "/api/copy" if post => manage::copy(&state, request).await,
+        "/api/delete" if method == Method::DELETE => manage::delete(&state, request).await,
+        "/api/create" if post => manage::create(&state, request).await,
+        "/api/push" if post => manage::push(&state, request).await,
+        p if p.starts_with("/api/blobs/") && (method == Method::HEAD || get) => {
+            manage::blob_exists(&state, &p["/api/blobs/".len()..])
+        }
+        p if p.starts_with("/api/blobs/") && post => {
+            let digest = p["/api/blobs/".len()..].to_string();
+            manage::upload_blob(&state, &digest, request).await
+        }
+        p if p.starts_with("/api/blobs/") => Err(ServeError::MethodNotAllowed),
         "/api/embed" if post => api::embed(&state, request, false).await,
         "/api/embeddings" if post => api::embed(&state, request, true).await,
         "/v1/models" if get => openai::models(&state).await,

@@ -5,15 +5,19 @@
 //! loads them on first use; [`template`] renders chat messages into a prompt; [`options`]
 //! turns Ollama options into sampling settings; the [`engine`] of each loaded model runs
 //! continuous batching on its own thread and streams text back, cut at [`stop`] sequences.
-//! [`gguf`] reads model metadata without loading the model.
+//! [`gguf`] reads model metadata without loading the model. Beside the data path, [`manage`]
+//! answers pull/create/copy/delete/blob requests by changing the [`registry`] (named
+//! manifests and content-addressed blobs in the models directory).
 
 pub mod api;
 pub mod engine;
 pub mod gguf;
 pub mod http;
+pub mod manage;
 pub mod models;
 pub mod openai;
 pub mod options;
+pub mod registry;
 pub mod stop;
 pub mod template;
 
@@ -34,6 +38,8 @@ pub struct ServeState {
     pub preloading: std::sync::atomic::AtomicBool,
     /// Largest request body accepted (413 beyond).
     pub max_body: usize,
+    /// Downloads and uploads in progress (one at a time per file).
+    pub in_flight: std::sync::Arc<manage::InFlight>,
 }
 
 /// Validated settings of `rawrxd serve`.
@@ -57,6 +63,7 @@ impl ServeState {
                 config.engine.clone(),
             ),
             max_body: config.max_body,
+            in_flight: std::sync::Arc::default(),
             preloading: std::sync::atomic::AtomicBool::new(config.preload),
         }
     }

@@ -1,5 +1,7 @@
-//! Which models exist (GGUF files in the models directory and `--model` paths, named after
-//! the file stem; `name:latest` is the same model) and which are loaded.
+//! Which models exist and which are loaded. A model is one of: a `--model` path or a `*.gguf`
+//! file of the models directory (named `<file stem>:latest`), or a named manifest of the
+//! [`registry`](super::registry) (`name:tag`, made by pull, create or copy). A name without
+//! a tag means `:latest`.
 //!
 //! A model is loaded on first use (or at start with `--preload`) and stays loaded for its
 //! `keep_alive`, renewed by every request; [`Models::reap`] unloads expired idle models.
@@ -13,26 +15,35 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::engine::{Engine, EngineConfig, EngineError};
 use super::gguf::{read_meta, GgufMeta};
+use super::registry::{self, Manifest};
 
-/// A model file the server can serve.
+/// A model the server can serve.
 #[derive(Debug, Clone)]
 pub struct ModelFile {
-    /// The file stem, without tag.
+    /// The name, without tag.
     pub name: String,
+    pub tag: String,
+    /// The GGUF file.
     pub path: PathBuf,
     pub size: u64,
     pub modified: SystemTime,
+    /// The registry manifest (template, system, parameters) of a named model.
+    pub manifest: Option<Arc<Manifest>>,
 }
 
 impl ModelFile {
-    /// Ollama's `name:tag` form.
+    /// Ollama's `name:tag` form, the key a model is known by.
     pub fn tagged(&self) -> String {
-        format!("{}:latest", self.name)
+        format!("{}:{}", self.name, self.tag)
     }
 
-    /// A stable identifier (not a content hash: hashing gigabytes on every listing is too
-    /// slow): 64 hex digits from the path, size and modification time.
+    /// The sha256 of a registry model; for a plain file (whose content is not hashed on every
+    /// listing: that would read gigabytes) a stable identifier of 64 hex digits made from the
+    /// path, size and modification time.
     pub fn digest(&self) -> String {
+        if let Some(sha) = self.manifest.as_ref().and_then(|m| m.sha256.clone()) {
+            return sha;
+        }
         use std::hash::{Hash, Hasher};
         let mut out = String::new();
         for salt in 0u8..4 {
@@ -93,11 +104,6 @@ pub struct Models {
     meta_cache: Mutex<HashMap<PathBuf, Arc<GgufMeta>>>,
 }
 
-/// Strips `:latest` (the only tag a file-backed model has).
-pub fn base_name(name: &str) -> &str {
-    name.strip_suffix(":latest").unwrap_or(name)
-}
-
 impl Models {
     pub fn new(dir: Option<PathBuf>, explicit: Vec<PathBuf>, engine: EngineConfig) -> Self {
         Self {
@@ -134,8 +140,9 @@ impl Models {
         self.loading.load(Ordering::Acquire) > 0
     }
 
-    /// Every servable model, by name. `--model` paths win over same-named files in the
-    /// directory. Re-reads the directory each time, so files dropped in appear at once.
+    /// Every servable model, by `name:tag`. `--model` paths win over manifests, which win
+    /// over same-named files in the directory. Re-reads the directory each time, so files
+    /// dropped in appear at once.
     pub fn list(&self) -> BTreeMap<String, ModelFile> {
         let mut out = BTreeMap::new();
         if let Some(dir) = &self.dir {
@@ -147,15 +154,36 @@ impl Models {
                         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
                     {
                         if let Some(file) = model_file(&path) {
-                            out.insert(file.name.clone(), file);
+                            out.insert(file.tagged(), file);
                         }
                     }
+                }
+            }
+            for (name, manifest, modified) in registry::read_manifests(dir) {
+                let path = manifest.gguf_path(dir);
+                match std::fs::metadata(&path) {
+                    Ok(meta) if meta.is_file() => {
+                        let file = ModelFile {
+                            name: name.name,
+                            tag: name.tag,
+                            path,
+                            size: meta.len(),
+                            modified,
+                            manifest: Some(Arc::new(manifest)),
+                        };
+                        out.insert(file.tagged(), file);
+                    }
+                    _ => tracing::warn!(
+                        "model {} skipped: its file {} is missing",
+                        name.tagged(),
+                        path.display()
+                    ),
                 }
             }
         }
         for path in &self.explicit {
             if let Some(file) = model_file(path) {
-                out.insert(file.name.clone(), file);
+                out.insert(file.tagged(), file);
             }
         }
         out
@@ -163,7 +191,7 @@ impl Models {
 
     pub fn find(&self, name: &str) -> Result<ModelFile, ModelError> {
         self.list()
-            .remove(base_name(name))
+            .remove(&registry::key(name))
             .ok_or_else(|| ModelError::NotFound(name.to_string()))
     }
 
@@ -197,20 +225,25 @@ impl Models {
     pub fn loaded(&self) -> Vec<Arc<Loaded>> {
         let map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<_> = map.values().cloned().collect();
-        out.sort_by(|a, b| a.file.name.cmp(&b.file.name));
+        out.sort_by_key(|l| l.file.tagged());
         out
     }
 
-    /// The loaded model `name`; a model whose engine died is dropped (and reloaded by the
-    /// caller).
-    fn get_loaded(&self, name: &str) -> Option<Arc<Loaded>> {
+    /// The loaded engine of `file`; one whose engine died, or that was loaded from another
+    /// file than the name now points at (re-created or re-pulled), is dropped so the caller
+    /// loads it again.
+    fn get_loaded(&self, file: &ModelFile) -> Option<Arc<Loaded>> {
+        let key = file.tagged();
         let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let loaded = map.get(name).cloned()?;
-        if loaded.engine.is_alive() {
+        let loaded = map.get(&key).cloned()?;
+        if loaded.file.path != file.path {
+            tracing::info!(model = %key, "the model's file changed; loading the new one");
+        } else if loaded.engine.is_alive() {
             return Some(loaded);
+        } else {
+            tracing::error!(model = %key, "the model's engine died; reloading it");
         }
-        tracing::error!(model = name, "the model's engine died; reloading it");
-        map.remove(name);
+        map.remove(&key);
         None
     }
 
@@ -222,13 +255,13 @@ impl Models {
         keep_alive: Option<Duration>,
     ) -> Result<(Arc<Loaded>, Duration), ModelError> {
         let file = self.find(name)?;
-        if let Some(loaded) = self.get_loaded(&file.name) {
+        if let Some(loaded) = self.get_loaded(&file) {
             loaded.touch(keep_alive);
             return Ok((loaded, Duration::ZERO));
         }
         let started = Instant::now();
         let _guard = self.load_lock.lock().await;
-        if let Some(loaded) = self.get_loaded(&file.name) {
+        if let Some(loaded) = self.get_loaded(&file) {
             loaded.touch(keep_alive);
             return Ok((loaded, started.elapsed()));
         }
@@ -236,7 +269,7 @@ impl Models {
         let loading = LoadingGuard::new(&self.loading);
         let path = file.path.clone();
         let config = self.engine.clone();
-        tracing::info!(model = %file.name, path = %path.display(), "loading model");
+        tracing::info!(model = %file.tagged(), path = %path.display(), "loading model");
         let engine = tokio::task::spawn_blocking(move || Engine::start(&path, config)).await;
         drop(loading);
         let engine = engine
@@ -244,7 +277,7 @@ impl Models {
             .and_then(|r| r)?;
         let load_duration = started.elapsed();
         tracing::info!(
-            model = %file.name,
+            model = %file.tagged(),
             "model loaded in {}",
             humantime::format_duration(Duration::from_millis(load_duration.as_millis() as u64))
         );
@@ -259,7 +292,7 @@ impl Models {
         self.loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(file.name.clone(), loaded.clone());
+            .insert(file.tagged(), loaded.clone());
         Ok((loaded, load_duration))
     }
 
@@ -270,9 +303,9 @@ impl Models {
             .loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(base_name(name));
+            .remove(&registry::key(name));
         if removed.is_some() {
-            tracing::info!(model = base_name(name), "model unloaded");
+            tracing::info!(model = %registry::key(name), "model unloaded");
         }
         removed.is_some()
     }
@@ -317,9 +350,11 @@ fn model_file(path: &Path) -> Option<ModelFile> {
     let name = path.file_stem()?.to_str()?.to_string();
     Some(ModelFile {
         name,
+        tag: registry::DEFAULT_TAG.to_string(),
         path: path.to_path_buf(),
         size: meta.len(),
         modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        manifest: None,
     })
 }
 
@@ -370,7 +405,7 @@ mod tests {
         };
         let models = Models::new(Some(dir.clone()), vec![], config);
         let names: Vec<_> = models.list().into_keys().collect();
-        assert_eq!(names, vec!["tiny-model"]);
+        assert_eq!(names, vec!["tiny-model:latest"]);
         assert_eq!(models.find("tiny-model:latest").unwrap().name, "tiny-model");
         assert!(matches!(models.find("other"), Err(ModelError::NotFound(_))));
         assert!(physical_cores() >= 1);

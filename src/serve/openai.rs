@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::{check_model, job, start, PromptSpec, Started};
+use super::api::{check_model, start, Ask, PromptSpec, Started};
 use super::engine::{Done, Event};
 use super::http::{json, read_json, stream, EventBody, Format, ServeBody, ServeError};
 use super::options::{Options, StopList};
@@ -210,14 +210,17 @@ pub async fn chat(
     if messages.is_empty() {
         return Err(ServeError::BadRequest("messages is required".into()));
     }
-    let format = body.common.format()?;
-    let job = job(&body.common.options(), format.as_ref(), Vec::new())?;
+    let ask = Ask {
+        options: body.common.options(),
+        format: body.common.format()?,
+        context: Vec::new(),
+    };
     let started = start(
         state,
         &name,
         Some(super::options::DEFAULT_KEEP_ALIVE),
         PromptSpec::Chat(messages),
-        job,
+        ask,
     )
     .await?;
     respond(Kind::Chat, name, &body.common, started).await
@@ -245,14 +248,17 @@ pub async fn completions(
     if prompt.is_empty() {
         return Err(ServeError::BadRequest("prompt is required".into()));
     }
-    let format = body.common.format()?;
-    let job = job(&body.common.options(), format.as_ref(), Vec::new())?;
+    let ask = Ask {
+        options: body.common.options(),
+        format: body.common.format()?,
+        context: Vec::new(),
+    };
     let started = start(
         state,
         &name,
         Some(super::options::DEFAULT_KEEP_ALIVE),
         PromptSpec::Text(prompt),
-        job,
+        ask,
     )
     .await?;
     respond(Kind::Completion, name, &body.common, started).await

@@ -86,6 +86,33 @@ impl Options {
         }
     }
 
+    /// These options, with `defaults` (a created model's parameters) filling each key this
+    /// request leaves out.
+    pub fn or(self, defaults: &Options) -> Options {
+        let d = defaults.clone();
+        Options {
+            temperature: self.temperature.or(d.temperature),
+            top_k: self.top_k.or(d.top_k),
+            top_p: self.top_p.or(d.top_p),
+            min_p: self.min_p.or(d.min_p),
+            repeat_penalty: self.repeat_penalty.or(d.repeat_penalty),
+            repeat_last_n: self.repeat_last_n.or(d.repeat_last_n),
+            presence_penalty: self.presence_penalty.or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.or(d.frequency_penalty),
+            seed: self.seed.or(d.seed),
+            num_predict: self.num_predict.or(d.num_predict),
+            stop: self.stop.or(d.stop),
+            num_ctx: self.num_ctx.or(d.num_ctx),
+        }
+    }
+
+    /// A model's `parameters` as options; a known key with a value of the wrong type is an
+    /// error naming it.
+    pub fn from_parameters(parameters: &serde_json::Map<String, Value>) -> Result<Options, String> {
+        serde_json::from_value(Value::Object(parameters.clone()))
+            .map_err(|e| format!("invalid parameters: {e}"))
+    }
+
     pub fn stops(&self) -> Vec<String> {
         self.stop
             .clone()
@@ -174,5 +201,21 @@ mod tests {
         let o: Options = serde_json::from_value(json!({"stop": "x", "num_predict": -1})).unwrap();
         assert_eq!(o.stops(), vec!["x"]);
         assert_eq!(o.num_predict(), None);
+    }
+
+    #[test]
+    fn request_options_win_over_model_parameters_key_by_key() {
+        let model = Options::from_parameters(
+            json!({"temperature": 0.1, "num_predict": 5, "stop": ["x"]})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+        let request: Options = serde_json::from_value(json!({"temperature": 0.7})).unwrap();
+        let merged = request.or(&model);
+        assert_eq!(merged.temperature, Some(0.7));
+        assert_eq!(merged.num_predict(), Some(5));
+        assert_eq!(merged.stops(), vec!["x"]);
+        assert!(Options::from_parameters(json!({"top_k": "many"}).as_object().unwrap()).is_err());
     }
 }

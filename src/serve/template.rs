@@ -68,18 +68,137 @@ pub fn render(
         .map_err(|e| format!("cannot apply the {name} chat template: {e}"))
 }
 
-/// Minimal Go-template substitution for a request's own `template` (Ollama's `/api/generate`
-/// `template` field): `{{ .System }}`, `{{ .Prompt }}` and `{{ .Response }}` (empty).
-pub fn substitute(template: &str, system: &str, prompt: &str) -> String {
-    let mut out = template.to_string();
-    for (names, value) in [
-        (["{{ .System }}", "{{.System}}"], system),
-        (["{{ .Prompt }}", "{{.Prompt}}"], prompt),
-        (["{{ .Response }}", "{{.Response}}"], ""),
-    ] {
-        for name in names {
-            out = out.replace(name, value);
+/// The subset of Ollama's Go templates rawrxd renders for a request's `template` or a created
+/// model's: `{{ .System }}`, `{{ .Prompt }}`, `{{ .Response }}`, and `{{ if .System }}…{{ end }}`
+/// (or `.Prompt`, `.Response`) blocks, not nested; `{{-`/`-}}` trim markers are accepted and
+/// trim as in Go. Templates that range over `.Messages` or use `.Tools` are refused by
+/// [`check`], so a model is never created with a template it would render wrongly.
+pub fn check(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    let mut open_if = false;
+    while let Some(at) = rest.find("{{") {
+        let Some(len) = rest[at..].find("}}") else {
+            return Err("template: an action `{{` is never closed".into());
+        };
+        let action = action_body(&rest[at..at + len + 2]);
+        match action.as_str() {
+            ".System" | ".Prompt" | ".Response" => {}
+            "if .System" | "if .Prompt" | "if .Response" if !open_if => open_if = true,
+            "end" if open_if => open_if = false,
+            other => {
+                return Err(format!(
+                    "template: `{{{{ {other} }}}}` is not supported; rawrxd renders .System, \
+                     .Prompt, .Response and `if` blocks over them (not .Messages, .Tools or \
+                     nested blocks); leave the template out to use the model's own chat template"
+                ))
+            }
         }
+        rest = &rest[at + len + 2..];
+    }
+    if open_if {
+        return Err("template: an `if` block has no `{{ end }}`".into());
+    }
+    Ok(())
+}
+
+fn action_body(action: &str) -> String {
+    let inner = &action[2..action.len() - 2];
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    inner.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Renders one turn: `response` is `None` for the turn being generated, where the output
+/// stops at `{{ .Response }}`.
+pub fn substitute(template: &str, system: &str, prompt: &str, response: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    let mut skipping = false;
+    while let Some(at) = rest.find("{{") {
+        let Some(len) = rest[at..].find("}}") else {
+            break;
+        };
+        let raw = &rest[at..at + len + 2];
+        let mut literal = &rest[..at];
+        if raw.starts_with("{{-") {
+            literal = literal.trim_end();
+        }
+        if !skipping {
+            out.push_str(literal);
+        }
+        rest = &rest[at + len + 2..];
+        if raw.ends_with("-}}") {
+            rest = rest.trim_start();
+        }
+        let value = |name: &str| match name {
+            ".System" => Some(system),
+            ".Prompt" => Some(prompt),
+            ".Response" => Some(response.unwrap_or("")),
+            _ => None,
+        };
+        let action = action_body(raw);
+        if action == ".Response" && response.is_none() && !skipping {
+            return out;
+        }
+        if let Some(cond) = action.strip_prefix("if ") {
+            skipping = !value(cond).is_some_and(|v| !v.is_empty());
+            if cond == ".Response" && response.is_none() {
+                // The turn being generated: its response block starts the output.
+                return out;
+            }
+        } else if action == "end" {
+            skipping = false;
+        } else if let Some(v) = value(&action) {
+            if !skipping {
+                out.push_str(v);
+            }
+        }
+    }
+    if !skipping {
+        out.push_str(rest);
+    }
+    out
+}
+
+/// Renders chat `messages` with a created model's template, turn by turn as Ollama does for
+/// templates without `.Messages`: each user message with the assistant reply after it, the
+/// system prompt in the first turn, and the last turn open for the reply.
+pub fn render_turns(template: &str, messages: &[Message]) -> String {
+    let system: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.as_str())
+        .collect();
+    let system = system.join("\n");
+    let turns: Vec<&Message> = messages.iter().filter(|m| m.role != "system").collect();
+    let mut out = String::new();
+    let mut i = 0;
+    let mut first = true;
+    while i < turns.len() {
+        let message = turns[i];
+        let (prompt, reply) = if message.role == "assistant" {
+            ("", Some(message.content.as_str()))
+        } else {
+            let reply = turns
+                .get(i + 1)
+                .filter(|m| m.role == "assistant")
+                .map(|m| m.content.as_str());
+            if reply.is_some() {
+                i += 1;
+            }
+            (message.content.as_str(), reply)
+        };
+        let system = if first { system.as_str() } else { "" };
+        first = false;
+        i += 1;
+        let reply = match reply {
+            None if i >= turns.len() => None,
+            other => Some(other.unwrap_or("")),
+        };
+        out.push_str(&substitute(template, system, prompt, reply));
+    }
+    if turns.is_empty() {
+        out.push_str(&substitute(template, &system, "", None));
     }
     out
 }
@@ -96,10 +215,53 @@ mod tests {
     }
 
     #[test]
-    fn substitutes_prompt_and_system() {
+    fn substitutes_prompt_and_system_and_stops_at_the_response() {
         assert_eq!(
-            substitute("[{{ .System }}] {{.Prompt}}{{ .Response }}", "s", "p"),
+            substitute(
+                "[{{ .System }}] {{.Prompt}}{{ .Response }}<end>",
+                "s",
+                "p",
+                None
+            ),
             "[s] p"
         );
+        assert_eq!(
+            substitute("{{.Prompt}}={{ .Response }}<end>", "", "p", Some("r")),
+            "p=r<end>"
+        );
+        let t = "{{ if .System }}<sys>{{ .System }}</sys>\n{{ end }}U: {{ .Prompt }}\nA: {{ .Response }}\n";
+        assert_eq!(substitute(t, "", "hi", None), "U: hi\nA: ");
+        assert_eq!(substitute(t, "be", "hi", None), "<sys>be</sys>\nU: hi\nA: ");
+        assert_eq!(substitute("a {{- .Prompt -}}  b", "", "P", None), "aPb");
+    }
+
+    #[test]
+    fn templates_outside_the_subset_are_refused() {
+        check("{{ if .System }}{{ .System }}{{ end }}{{ .Prompt }}").unwrap();
+        for bad in [
+            "{{ range .Messages }}{{ .Content }}{{ end }}",
+            "{{ .Tools }}",
+            "{{ if .System }}{{ if .Prompt }}{{ end }}{{ end }}",
+            "{{ if .System }}x",
+            "{{ .Prompt ",
+        ] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chats_render_turn_by_turn() {
+        let m = |role: &str, content: &str| Message {
+            role: role.into(),
+            content: content.into(),
+        };
+        let t = "{{ if .System }}[{{ .System }}]{{ end }}U:{{ .Prompt }} A:{{ .Response }};";
+        let messages = [
+            m("system", "S"),
+            m("user", "one"),
+            m("assistant", "1"),
+            m("user", "two"),
+        ];
+        assert_eq!(render_turns(t, &messages), "[S]U:one A:1;U:two A:");
     }
 }

@@ -124,6 +124,7 @@ def main():
         "(manage = copy,delete,pull,create,push)",
     )
     parser.add_argument("--only", help="run only the checks whose label contains this text")
+    parser.add_argument("--gguf", help="the model's GGUF file: also checks create_blob + create(files=…)")
     args = parser.parse_args()
     allow = set()
     for group in filter(None, args.allow_missing.split(",")):
@@ -144,7 +145,7 @@ def main():
     ollama_checks(r, client, base, model)
     openai_checks(r, oai, model)
     embed_checks(r, client, oai, model)
-    manage_checks(r, client, model)
+    manage_checks(r, client, model, args.gguf)
 
     tolerated = f", {r.tolerated} expected to fail (endpoint missing or unsupported)" if r.tolerated else ""
     print(f"clients: {r.passed} passed, {r.failed} failed{tolerated}")
@@ -519,7 +520,7 @@ def embed_checks(r, client, oai, model):
         return None
 
 
-def manage_checks(r, client, model):
+def manage_checks(r, client, model, gguf):
     # Never deletes `model` itself: it may be the user's only copy of the file.
     @r.check("ollama copy(model, copy) then list() and show() the copy", group="copy")
     def _():
@@ -543,11 +544,28 @@ def manage_checks(r, client, model):
         status = client.create(model=CREATED, from_=model, system="You are terse.", parameters={"num_predict": 3}, stream=False)
         expect(status.status == "success", f"status {status!r}")
         shown = client.show(CREATED)
-        expect("terse" in (shown.system or "") or "terse" in (shown.modelfile or ""), "system prompt not shown")
+        expect("terse" in (getattr(shown, "system", None) or "") or "terse" in (shown.modelfile or ""), "system prompt not shown")
         reply = client.generate(model=CREATED, prompt="hi", stream=False)
         expect(reply.eval_count is not None and reply.eval_count <= 3, f"num_predict from create ignored: {reply.eval_count}")
         client.delete(CREATED)
         return None
+
+    if gguf:
+        @r.check("ollama create_blob(gguf) then create(files=…, template, parameters), generate, delete", group="create")
+        def _():
+            digest = client.create_blob(gguf)
+            expect(digest.startswith("sha256:"), f"digest {digest!r}")
+            progress = list(client.create(
+                model=CREATED + "-blob", files={"model.gguf": digest},
+                template="{{ .Prompt }}", parameters={"num_predict": 2, "temperature": 0}, stream=True,
+            ))
+            expect(progress and progress[-1].status == "success", f"last {progress[-1:]!r}")
+            reply = client.generate(model=CREATED + "-blob", prompt="1, 2, 3,", stream=False)
+            expect(reply.eval_count is not None and 0 < reply.eval_count <= 2, f"eval_count {reply.eval_count}")
+            shown = client.show(CREATED + "-blob")
+            expect(shown.template == "{{ .Prompt }}", f"template {shown.template!r}")
+            client.delete(CREATED + "-blob")
+            return None
 
     @r.check("ollama pull(model) of a present model ends in success (streamed and not)", group="pull")
     def _():
