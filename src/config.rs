@@ -6,8 +6,11 @@
 //! problem at once.
 //!
 //! Environment variables map onto sections by prefix: `RAWRXD_PROXY_LISTEN` sets
-//! `proxy.listen`, `RAWRXD_PROXY_MAX_BODY` sets `proxy.max_body`. Other `RAWRXD_*` variables
-//! are not configuration and are ignored.
+//! `proxy.listen`, `RAWRXD_PROXY_MAX_BODY` sets `proxy.max_body`, `RAWRXD_SERVE_CTX` sets
+//! `serve.ctx`. Other `RAWRXD_*` variables are not configuration and are ignored.
+//!
+//! `[serve]` (for `rawrxd serve` and `rawrxd up`) is validated by [`crate::serve`], which owns
+//! what its values mean.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 /// The sections of `rawrxd.toml`; an environment variable `RAWRXD_<SECTION>_<KEY>` sets
 /// `<section>.<key>`.
-const SECTIONS: &[&str] = &["proxy"];
+const SECTIONS: &[&str] = &["proxy", "serve"];
 
 /// Default config file, read from the working directory when it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "rawrxd.toml";
@@ -41,6 +44,67 @@ pub enum ConfigError {
 pub struct RawConfig {
     #[serde(default)]
     pub proxy: RawProxy,
+    #[serde(default)]
+    pub serve: RawServe,
+}
+
+/// `[serve]` as written by the user; every field has a default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServe {
+    /// Address `rawrxd serve` listens on.
+    pub listen: String,
+    /// Models directory (`None`: the user's data directory).
+    pub models: Option<PathBuf>,
+    /// Named GGUF files: `"gemma3:270m" = "/path/to/file.gguf"`.
+    pub model: std::collections::BTreeMap<String, PathBuf>,
+    /// Sequence slots per loaded model.
+    pub parallel: u32,
+    /// Inference threads (`None`: the physical cores).
+    pub threads: Option<u32>,
+    /// Context length of each slot, in tokens.
+    pub ctx: u32,
+    /// Requests that may wait for a slot.
+    pub queue: usize,
+    /// Load the configured models at start.
+    pub preload: bool,
+}
+
+impl Default for RawServe {
+    fn default() -> Self {
+        RawServe {
+            listen: "127.0.0.1:11434".into(),
+            models: None,
+            model: Default::default(),
+            parallel: 4,
+            threads: None,
+            ctx: 4096,
+            queue: 64,
+            preload: false,
+        }
+    }
+}
+
+/// `[serve]` values given on the command line; `None` (or empty) leaves the lower layers in
+/// charge.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServeOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<PathBuf>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub model: std::collections::BTreeMap<String, PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preload: Option<bool>,
 }
 
 /// `[proxy]` as written by the user; every field has a default.
@@ -169,11 +233,21 @@ pub struct ProxyOverrides {
 #[derive(Serialize)]
 struct OverrideLayer<'a> {
     proxy: &'a ProxyOverrides,
+    serve: &'a ServeOverrides,
 }
 
 /// Merges every layer. `file` is the `--config` path: when given it must exist; when not,
 /// `rawrxd.toml` in the working directory is read if present.
 pub fn load(file: Option<&Path>, overrides: &ProxyOverrides) -> Result<RawConfig, ConfigError> {
+    load_all(file, overrides, &ServeOverrides::default())
+}
+
+/// [`load`] with command-line values for `[serve]` too (`rawrxd serve`, `rawrxd up`).
+pub fn load_all(
+    file: Option<&Path>,
+    overrides: &ProxyOverrides,
+    serve: &ServeOverrides,
+) -> Result<RawConfig, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
     match file {
         Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_path_buf())),
@@ -192,7 +266,10 @@ pub fn load(file: Option<&Path>, overrides: &ProxyOverrides) -> Result<RawConfig
     });
     figment = figment
         .merge(env)
-        .merge(Serialized::defaults(OverrideLayer { proxy: overrides }));
+        .merge(Serialized::defaults(OverrideLayer {
+            proxy: overrides,
+            serve,
+        }));
     figment
         .extract()
         .map_err(|e| ConfigError::Load(Box::new(e)))

@@ -156,7 +156,7 @@ fn serve(args: rawrxd::serve::ServeArgs) -> anyhow::Result<()> {
     use rawrxd::serve;
     let config = args
         .validate()
-        .map_err(|e| anyhow::anyhow!("invalid serve flags: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("invalid serve configuration: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,7 +185,7 @@ fn up(args: rawrxd::serve::UpArgs) -> anyhow::Result<()> {
     let config = args
         .serve_args()
         .validate()
-        .map_err(|e| anyhow::anyhow!("invalid serve flags: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("invalid serve configuration: {e}"))?;
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;

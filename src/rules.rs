@@ -607,10 +607,13 @@ const GITHUB_TOKEN: &str =
 const OPENAI_KEY: &str = r"(?-u:\b)sk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{32,256}|[A-Za-z0-9_-]{1,128}T3BlbkFJ[A-Za-z0-9_-]{1,128}|[A-Za-z0-9]{32,128}(?-u:\b))";
 /// A whole PEM (or PGP) private key block: header, a body of base64 and header lines (also
 /// with `\n` escapes, as in source code strings) of at most 4096 characters, and the footer.
-/// 4096 covers RSA-4096 keys in PKCS#1, PKCS#8 and OpenSSH form (about 3.4k characters) even
-/// indented or with escaped newlines; a larger bound makes the regex engine's lazy DFA
-/// overflow its cache and fall back to a ten times slower search on every key.
-const PRIVATE_KEY: &str = r"-----BEGIN (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY(?: BLOCK)?-----[A-Za-z0-9+/=:,.\\ \t\r\n-]{1,4096}?-----END (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY(?: BLOCK)?-----";
+/// The body must hold key material: a run of 16 base64 characters within its first 272
+/// (after `Proc-Type:`/`DEK-Info:`/`Version:` lines), so an empty BEGIN/END pair (a test
+/// fixture, a parser's format string) is not a key. 4096 covers RSA-4096 keys in PKCS#1,
+/// PKCS#8 and OpenSSH form (about 3.4k characters) even indented or with escaped newlines; a
+/// larger bound makes the regex engine's lazy DFA overflow its cache and fall back to a ten
+/// times slower search on every key.
+const PRIVATE_KEY: &str = r"-----BEGIN (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY(?: BLOCK)?-----[A-Za-z0-9+/=:,.\\ \t\r\n-]{0,256}?[A-Za-z0-9+/=]{16}[A-Za-z0-9+/=:,.\\ \t\r\n-]{0,3824}?-----END (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY(?: BLOCK)?-----";
 /// A signed JWT: base64url header and payload that both start with `{"` (`eyJ`), and a
 /// signature of 16 to 1536 characters.
 const JWT: &str =
@@ -1987,8 +1990,19 @@ def forward(x, layer):
                 );
             }
         }
-        // Bodies that are too long or too short are not keys.
+        // Bodies that are too long or too short are not keys, nor a BEGIN/END pair around no
+        // key material (reqwest's test fixture, in a Rust string).
         assert!(matches(Detector::PrivateKey, &pem("PRIVATE KEY", 4097)).is_empty());
+        assert!(matches(
+            Detector::PrivateKey,
+            "\"-----BEGIN RSA PRIVATE KEY-----\\n\\\n            -----END RSA PRIVATE KEY-----\\n\""
+        )
+        .is_empty());
+        assert!(matches(
+            Detector::PrivateKey,
+            "-----BEGIN PRIVATE KEY-----\n...\n-----END PRIVATE KEY-----"
+        )
+        .is_empty());
         assert!(matches(Detector::GithubToken, &format!("ghp_{}", alnum(35))).is_empty());
         assert!(matches(Detector::OpenaiKey, &format!("sk-{}", alnum(31))).is_empty());
         assert!(matches(Detector::Email, "see a@b.c and x@self.T").is_empty());

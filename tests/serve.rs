@@ -39,14 +39,15 @@ fn model_path() -> PathBuf {
 /// Starts a server on its own runtime thread; returns its address.
 fn start_server(parallel: u32, ctx: u32, max_body: usize) -> SocketAddr {
     let args = ServeArgs {
-        listen: "127.0.0.1:0".into(),
+        listen: Some("127.0.0.1:0".into()),
+        config: None,
         engine: EngineFlags {
             models: Some(std::env::temp_dir().join("rawrxd-serve-test-no-models")),
-            model: vec![model_path()],
-            parallel,
+            model: vec![model_path().display().to_string()],
+            parallel: Some(parallel),
             threads: Some(2),
-            ctx_size: ctx,
-            queue: 16,
+            ctx_size: Some(ctx),
+            queue: Some(16),
             preload: false,
         },
     };
@@ -733,14 +734,15 @@ fn a_disconnected_client_frees_its_slot_at_once() {
 fn full_queue_is_503_and_keep_alive_zero_unloads() {
     let _shared = shared();
     let args = ServeArgs {
-        listen: "127.0.0.1:0".into(),
+        listen: Some("127.0.0.1:0".into()),
+        config: None,
         engine: EngineFlags {
             models: None,
-            model: vec![model_path()],
-            parallel: 1,
+            model: vec![model_path().display().to_string()],
+            parallel: Some(1),
             threads: Some(2),
-            ctx_size: 2048,
-            queue: 0,
+            ctx_size: Some(2048),
+            queue: Some(0),
             preload: false,
         },
     };
@@ -1187,14 +1189,15 @@ fn malformed_http_gets_400() {
 /// A server with `dir` as its models directory (and the test model as a `--model` file).
 fn launch_with_models(dir: &std::path::Path) -> SocketAddr {
     let args = ServeArgs {
-        listen: "127.0.0.1:0".into(),
+        listen: Some("127.0.0.1:0".into()),
+        config: None,
         engine: EngineFlags {
             models: Some(dir.to_path_buf()),
-            model: vec![model_path()],
-            parallel: 1,
+            model: vec![model_path().display().to_string()],
+            parallel: Some(1),
             threads: Some(2),
-            ctx_size: 512,
-            queue: 4,
+            ctx_size: Some(512),
+            queue: Some(4),
             preload: false,
         },
     };
@@ -1761,5 +1764,62 @@ fn create_applies_system_template_and_parameters() {
         .unwrap()
         .contains("not a GGUF"));
     assert!(!tag_names(addr).contains(&"junk:latest".to_string()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `scripts/fetch-model.sh` registers the model as `gemma3:270m`: a server on that models
+/// directory (and no `--model`) lists it under that name with the file's sha256 as digest,
+/// and generates with it.
+#[test]
+fn the_fetch_script_registers_gemma3_270m() {
+    let _shared = shared();
+    let model = model_path();
+    assert_eq!(
+        model.file_name().unwrap(),
+        "gemma-3-270m-q4_k_m.gguf",
+        "the script's cache layout"
+    );
+    let dir = fresh_dir("register");
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/fetch-model.sh"
+    ))
+    .env("RAWRXD_MODEL_CACHE", model.parent().unwrap())
+    .env("RAWRXD_SERVE_MODELS", &dir)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        model.display().to_string()
+    );
+    let args = ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        config: None,
+        engine: EngineFlags {
+            models: Some(dir.clone()),
+            threads: Some(2),
+            ctx_size: Some(512),
+            parallel: Some(1),
+            ..EngineFlags::default()
+        },
+    };
+    let addr = launch(args.validate().unwrap());
+    let tags = call(addr, "GET", "/api/tags", None, "").json();
+    assert_eq!(tags["models"][0]["name"], "gemma3:270m", "{tags}");
+    assert_eq!(
+        tags["models"][0]["digest"],
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    );
+    let out = generate_on(
+        addr,
+        json!({"model": "gemma3:270m", "prompt": "1, 2, 3,", "raw": true, "stream": false,
+               "options": {"num_predict": 3}}),
+    );
+    assert!(out["eval_count"].as_u64().unwrap() > 0);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -47,7 +47,8 @@ pub struct ServeState {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub models_dir: Option<PathBuf>,
-    pub model_paths: Vec<PathBuf>,
+    /// Named model files (`--model`, `[serve.model]`), by `name:tag`.
+    pub models: Vec<(String, PathBuf)>,
     pub engine: EngineConfig,
     pub max_body: usize,
     pub preload: bool,
@@ -59,7 +60,7 @@ impl ServeState {
         Self {
             models: Models::new(
                 config.models_dir.clone(),
-                config.model_paths.clone(),
+                config.models.clone(),
                 config.engine.clone(),
             ),
             max_body: config.max_body,
@@ -69,7 +70,7 @@ impl ServeState {
     }
 }
 
-/// The default models directory: `$RAWRXD_MODELS`, else `$XDG_DATA_HOME/rawrxd/models`, else
+/// The default models directory: `$XDG_DATA_HOME/rawrxd/models`, else
 /// `~/.local/share/rawrxd/models`.
 pub fn default_models_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
@@ -80,17 +81,17 @@ pub fn default_models_dir() -> Option<PathBuf> {
         .map(|home| PathBuf::from(home).join(".local/share/rawrxd/models"))
 }
 
-/// Flags of `rawrxd serve` (each also read from a `RAWRXD_SERVE_*` variable).
+/// Flags of `rawrxd serve`. Each overrides `[serve]` in `rawrxd.toml` and its
+/// `RAWRXD_SERVE_*` variable.
 #[derive(Debug, Args, Default, Clone)]
 pub struct ServeArgs {
-    /// Address to listen on
-    #[arg(
-        long,
-        value_name = "ADDR",
-        env = "RAWRXD_SERVE_LISTEN",
-        default_value = "127.0.0.1:11434"
-    )]
-    pub listen: String,
+    /// Address to listen on [default: 127.0.0.1:11434]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Config file [default: rawrxd.toml in the working directory, when present]
+    #[arg(long, value_name = "FILE", env = "RAWRXD_CONFIG")]
+    pub config: Option<PathBuf>,
 
     #[command(flatten)]
     pub engine: EngineFlags,
@@ -99,115 +100,157 @@ pub struct ServeArgs {
 /// The model and engine flags `rawrxd serve` and `rawrxd up` share.
 #[derive(Debug, Args, Default, Clone)]
 pub struct EngineFlags {
-    /// Directory of *.gguf models [default: $XDG_DATA_HOME/rawrxd/models or ~/.local/share/rawrxd/models]
-    #[arg(long, value_name = "DIR", env = "RAWRXD_SERVE_MODELS")]
+    /// Models directory (GGUF files, pulled and created models) [default: $XDG_DATA_HOME/rawrxd/models or ~/.local/share/rawrxd/models]
+    #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
 
-    /// A GGUF file to serve, named after its file stem (repeatable)
-    #[arg(long = "model", value_name = "PATH")]
-    pub model: Vec<PathBuf>,
+    /// A GGUF file to serve, as NAME=PATH (e.g. gemma3:270m=/models/g.gguf) or PATH (named after its file stem); repeatable
+    #[arg(long = "model", value_name = "[NAME=]PATH")]
+    pub model: Vec<String>,
 
-    /// Sequence slots per loaded model (requests decoded together)
-    #[arg(
-        long,
-        value_name = "N",
-        env = "RAWRXD_SERVE_PARALLEL",
-        default_value_t = 4
-    )]
-    pub parallel: u32,
+    /// Sequence slots per loaded model (requests decoded together) [default: 4]
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<u32>,
 
     /// CPU threads for inference [default: physical cores]
-    #[arg(long, value_name = "N", env = "RAWRXD_SERVE_THREADS")]
+    #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
 
-    /// Context length of each slot (the largest num_ctx a request gets)
-    #[arg(long, value_name = "TOKENS", env = "RAWRXD_SERVE_CTX", default_value_t = options::DEFAULT_NUM_CTX)]
-    pub ctx_size: u32,
+    /// Context length of each slot (the largest num_ctx a request gets) [default: 4096]
+    #[arg(long, value_name = "TOKENS")]
+    pub ctx_size: Option<u32>,
 
-    /// Requests that may wait for a slot; beyond that the server answers 503
-    #[arg(
-        long,
-        value_name = "N",
-        env = "RAWRXD_SERVE_QUEUE",
-        default_value_t = 64
-    )]
-    pub queue: usize,
+    /// Requests that may wait for a slot; beyond that the server answers 503 [default: 64]
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
 
-    /// Load the --model files at start (and keep them loaded) instead of on first use
+    /// Load the configured models at start (and keep them loaded) instead of on first use
     #[arg(long)]
     pub preload: bool,
 }
 
-impl ServeArgs {
-    pub fn validate(&self) -> Result<ServeConfig, String> {
-        let mut errors = Vec::new();
-        let listen = self
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|e| errors.push(format!("--listen {:?}: {e}", self.listen)))
-            .ok();
-        if self.engine.parallel == 0 || self.engine.parallel > 256 {
-            errors.push("--parallel must be between 1 and 256".into());
+/// `NAME=PATH` or `PATH` (named after the file stem) → (`name:tag`, path).
+fn named_model(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = match text.split_once('=') {
+        Some((name, path)) if registry::ModelName::parse(name).is_ok() => {
+            (name.to_string(), PathBuf::from(path))
         }
-        if self.engine.ctx_size < 64 {
-            errors.push("--ctx-size must be at least 64".into());
+        _ => {
+            let path = PathBuf::from(text);
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .ok_or_else(|| format!("--model {text}: no file name to name the model after"))?
+                .to_string();
+            (stem, path)
         }
-        for path in &self.engine.model {
-            if !path.is_file() {
-                errors.push(format!("--model {}: no such file", path.display()));
-            }
+    };
+    Ok((registry::key(&name), path))
+}
+
+impl EngineFlags {
+    /// The `[serve]` values these flags set.
+    fn overrides(&self, listen: Option<String>) -> Result<crate::config::ServeOverrides, String> {
+        let mut model = std::collections::BTreeMap::new();
+        for text in &self.model {
+            let (name, path) = named_model(text)?;
+            model.insert(name, path);
         }
-        let threads = self
-            .engine
-            .threads
-            .unwrap_or_else(|| models::physical_cores() as u32)
-            .clamp(1, 1024);
-        match (listen, errors.is_empty()) {
-            (Some(listen), true) => Ok(ServeConfig {
-                listen,
-                models_dir: self.engine.models.clone().or_else(default_models_dir),
-                model_paths: self.engine.model.clone(),
-                engine: EngineConfig {
-                    parallel: self.engine.parallel,
-                    ctx_per_slot: self.engine.ctx_size,
-                    batch: 512,
-                    threads: threads as i32,
-                    queue: self.engine.queue,
-                },
-                max_body: 100 << 20,
-                preload: self.engine.preload,
-                shutdown_grace: Duration::from_secs(30),
-            }),
-            _ => Err(errors.join("; ")),
-        }
+        Ok(crate::config::ServeOverrides {
+            listen,
+            models: self.models.clone(),
+            model,
+            parallel: self.parallel,
+            threads: self.threads,
+            ctx: self.ctx_size,
+            queue: self.queue,
+            preload: self.preload.then_some(true),
+        })
     }
 }
 
-/// Flags of `rawrxd up`: every proxy flag, and serve's flags with serve's address as
-/// `--serve-listen` (the proxy's upstream; `--listen` is the proxy's).
+impl ServeArgs {
+    /// Merges `rawrxd.toml`, `RAWRXD_SERVE_*` and these flags, and validates the result.
+    pub fn validate(&self) -> Result<ServeConfig, String> {
+        let overrides = self.engine.overrides(self.listen.clone())?;
+        let raw = crate::config::load_all(
+            self.config.as_deref(),
+            &crate::config::ProxyOverrides::default(),
+            &overrides,
+        )
+        .map_err(|e| e.to_string())?;
+        validate(&raw.serve)
+    }
+}
+
+/// Checks every `[serve]` value and reports all problems together.
+pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
+    let mut errors = Vec::new();
+    let listen = raw
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| errors.push(format!("serve.listen {:?}: {e}", raw.listen)))
+        .ok();
+    if raw.parallel == 0 || raw.parallel > 256 {
+        errors.push("serve.parallel (--parallel) must be between 1 and 256".into());
+    }
+    if raw.ctx < 64 {
+        errors.push("serve.ctx (--ctx-size) must be at least 64".into());
+    }
+    let mut models = Vec::new();
+    for (name, path) in &raw.model {
+        match registry::ModelName::parse(name) {
+            Ok(parsed) if path.is_file() => models.push((parsed.tagged(), path.clone())),
+            Ok(_) => errors.push(format!("model {name}: {} is not a file", path.display())),
+            Err(e) => errors.push(e),
+        }
+    }
+    let threads = raw
+        .threads
+        .unwrap_or_else(|| models::physical_cores() as u32)
+        .clamp(1, 1024);
+    match (listen, errors.is_empty()) {
+        (Some(listen), true) => Ok(ServeConfig {
+            listen,
+            models_dir: raw.models.clone().or_else(default_models_dir),
+            models,
+            engine: EngineConfig {
+                parallel: raw.parallel,
+                ctx_per_slot: raw.ctx,
+                batch: 512,
+                threads: threads as i32,
+                queue: raw.queue,
+            },
+            max_body: 100 << 20,
+            preload: raw.preload,
+            shutdown_grace: Duration::from_secs(30),
+        }),
+        _ => Err(errors.join("; ")),
+    }
+}
+
+/// Flags of `rawrxd up`: every proxy flag (including `--config`, read for both halves), and
+/// serve's flags with serve's address as `--serve-listen` (the proxy's upstream; `--listen` is
+/// the proxy's).
 #[derive(Debug, Args, Default)]
 pub struct UpArgs {
     #[command(flatten)]
     pub proxy: crate::cli::ProxyArgs,
 
-    /// Address `serve` listens on; the proxy forwards to it
-    #[arg(
-        long,
-        value_name = "ADDR",
-        env = "RAWRXD_SERVE_LISTEN",
-        default_value = "127.0.0.1:11434"
-    )]
-    pub serve_listen: String,
+    /// Address `serve` listens on; the proxy forwards to it [default: 127.0.0.1:11434]
+    #[arg(long, value_name = "ADDR")]
+    pub serve_listen: Option<String>,
 
     #[command(flatten)]
     pub engine: EngineFlags,
 }
 
 impl UpArgs {
-    /// The serve half, as `rawrxd serve` flags.
+    /// The serve half, as `rawrxd serve` flags (same config file).
     pub fn serve_args(&self) -> ServeArgs {
         ServeArgs {
             listen: self.serve_listen.clone(),
+            config: self.proxy.config.clone(),
             engine: self.engine.clone(),
         }
     }
@@ -222,8 +265,8 @@ pub fn spawn_preload(state: std::sync::Arc<ServeState>, config: ServeConfig) {
     });
 }
 
-/// Loads the `--model` files now, kept loaded forever (`--preload`); `/health` turns 200
-/// when this returns.
+/// Loads the configured model files now, kept loaded forever (`--preload`); `/health` turns
+/// 200 when this returns.
 pub async fn preload(state: &ServeState, config: &ServeConfig) -> Result<(), String> {
     let result = preload_all(state, config).await;
     state
@@ -233,17 +276,74 @@ pub async fn preload(state: &ServeState, config: &ServeConfig) -> Result<(), Str
 }
 
 async fn preload_all(state: &ServeState, config: &ServeConfig) -> Result<(), String> {
-    for path in &config.model_paths {
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+    for (name, _) in &config.models {
         state
             .models
-            .load(&name, None)
+            .load(name, None)
             .await
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
+    fn settings_layer_file_env_and_flags_and_models_get_names() {
+        figment::Jail::expect_with(|jail| {
+            let gguf = jail.directory().join("g.gguf");
+            std::fs::write(&gguf, b"GGUF").unwrap();
+            jail.create_file(
+                "rawrxd.toml",
+                &format!(
+                    "[serve]\nlisten = \"127.0.0.1:1234\"\nparallel = 2\nctx = 1024\n\
+                     [serve.model]\n\"gemma3:270m\" = \"{}\"\n",
+                    gguf.display()
+                ),
+            )?;
+            jail.set_env("RAWRXD_SERVE_CTX", "2048");
+            let args = ServeArgs {
+                engine: EngineFlags {
+                    parallel: Some(3),
+                    model: vec![
+                        format!("other={}", gguf.display()),
+                        gguf.display().to_string(),
+                    ],
+                    ..EngineFlags::default()
+                },
+                ..ServeArgs::default()
+            };
+            let config = args.validate().unwrap();
+            assert_eq!(config.listen.port(), 1234, "file beats defaults");
+            assert_eq!(config.engine.ctx_per_slot, 2048, "env beats file");
+            assert_eq!(config.engine.parallel, 3, "flags beat everything");
+            assert_eq!(config.engine.queue, 64, "default");
+            let mut names: Vec<_> = config.models.iter().map(|(n, _)| n.as_str()).collect();
+            names.sort();
+            assert_eq!(names, vec!["g:latest", "gemma3:270m", "other:latest"]);
+
+            jail.create_file("typo.toml", "[serve]\nparalel = 2\n")?;
+            let typo = ServeArgs {
+                config: Some("typo.toml".into()),
+                ..ServeArgs::default()
+            };
+            assert!(typo.validate().unwrap_err().contains("paralel"));
+            let bad = ServeArgs {
+                engine: EngineFlags {
+                    parallel: Some(0),
+                    model: vec!["x:1=/no/such.gguf".into()],
+                    ..EngineFlags::default()
+                },
+                ..ServeArgs::default()
+            };
+            let err = bad.validate().unwrap_err();
+            assert!(err.contains("serve.parallel"), "{err}");
+            assert!(err.contains("x:1") && err.contains("not a file"), "{err}");
+            Ok(())
+        });
+    }
 }

@@ -96,7 +96,8 @@ pub enum ModelError {
 /// The registry of model files and the loaded models.
 pub struct Models {
     dir: Option<PathBuf>,
-    explicit: Vec<PathBuf>,
+    /// Configured files (`--model`, `[serve.model]`), by `name:tag`.
+    explicit: Vec<(String, PathBuf)>,
     engine: EngineConfig,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     load_lock: tokio::sync::Mutex<()>,
@@ -105,7 +106,11 @@ pub struct Models {
 }
 
 impl Models {
-    pub fn new(dir: Option<PathBuf>, explicit: Vec<PathBuf>, engine: EngineConfig) -> Self {
+    pub fn new(
+        dir: Option<PathBuf>,
+        explicit: Vec<(String, PathBuf)>,
+        engine: EngineConfig,
+    ) -> Self {
         Self {
             dir,
             explicit,
@@ -123,7 +128,7 @@ impl Models {
 
     /// True when `path` is a file of the models directory (not only a `--model` path).
     pub fn in_models_dir(&self, path: &Path) -> bool {
-        let explicit = self.explicit.iter().any(|p| p == path);
+        let explicit = self.explicit.iter().any(|(_, p)| p == path);
         !explicit
             && self
                 .dir
@@ -140,8 +145,8 @@ impl Models {
         self.loading.load(Ordering::Acquire) > 0
     }
 
-    /// Every servable model, by `name:tag`. `--model` paths win over manifests, which win
-    /// over same-named files in the directory. Re-reads the directory each time, so files
+    /// Every servable model, by `name:tag`. Configured files (`--model`, `[serve.model]`) win
+    /// over manifests, which win over same-named files in the directory. Re-reads the directory each time, so files
     /// dropped in appear at once.
     pub fn list(&self) -> BTreeMap<String, ModelFile> {
         let mut out = BTreeMap::new();
@@ -181,8 +186,12 @@ impl Models {
                 }
             }
         }
-        for path in &self.explicit {
-            if let Some(file) = model_file(path) {
+        for (name, path) in &self.explicit {
+            if let Some(mut file) = model_file(path) {
+                if let Ok(parsed) = registry::ModelName::parse(name) {
+                    file.name = parsed.name;
+                    file.tag = parsed.tag;
+                }
                 out.insert(file.tagged(), file);
             }
         }

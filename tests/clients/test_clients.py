@@ -567,6 +567,46 @@ def manage_checks(r, client, model, gguf):
             client.delete(CREATED + "-blob")
             return None
 
+    if gguf:
+        @r.check("ollama pull(http URL of a GGUF): progress with total/completed, sha256 digest, generate, delete", group="pull")
+        def _():
+            import functools
+            import hashlib
+            import http.server
+            import os
+            import tempfile
+            import threading
+
+            folder = tempfile.mkdtemp(prefix="rawrxd-clients-pull-")
+            os.symlink(os.path.abspath(gguf), os.path.join(folder, "rawrxd-clients-pulled.gguf"))
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
+            handler.log_message = lambda *args: None
+            files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=files.serve_forever, daemon=True).start()
+            try:
+                url = f"http://127.0.0.1:{files.server_address[1]}/rawrxd-clients-pulled.gguf"
+                progress = list(client.pull(url, stream=True))
+                expect(progress and progress[-1].status == "success", f"last {progress[-1:]!r}")
+                size = os.path.getsize(gguf)
+                expect(any(p.total == size and p.completed for p in progress), "no byte progress")
+                listed = {m.model: m for m in client.list().models}
+                pulled = listed.get("rawrxd-clients-pulled:latest")
+                expect(pulled is not None, f"not listed: {sorted(listed)}")
+                sha = hashlib.sha256()
+                with open(gguf, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        sha.update(block)
+                digest = sha.hexdigest()
+                expect(pulled.digest == digest, f"digest {pulled.digest} != {digest}")
+                reply = client.generate(model="rawrxd-clients-pulled", prompt="1, 2, 3,", raw=True, options={"num_predict": 2}, stream=False)
+                expect(reply.eval_count, "no tokens")
+                client.delete("rawrxd-clients-pulled")
+            finally:
+                files.shutdown()
+                os.unlink(os.path.join(folder, "rawrxd-clients-pulled.gguf"))
+                os.rmdir(folder)
+            return None
+
     @r.check("ollama pull(model) of a present model ends in success (streamed and not)", group="pull")
     def _():
         status = client.pull(model, stream=False)
