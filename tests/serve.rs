@@ -1562,6 +1562,23 @@ fn pull_errors_bad_digest_not_found_and_not_gguf() {
     assert!(tag_names(addr).contains(&"from-disk:latest".to_string()));
     let bad = post_to(addr, "/api/pull", &json!({"model": "/no/such/file.gguf"}));
     assert_eq!(bad.status, 404);
+    // A local file that is not a model is refused before anything is stored.
+    let blobs_before = std::fs::read_dir(dir.join("blobs")).unwrap().count();
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, b"not a model").unwrap();
+    let lines = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": "notes", "from": notes.display().to_string()}),
+    );
+    assert!(lines.last().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a GGUF file"));
+    assert_eq!(
+        std::fs::read_dir(dir.join("blobs")).unwrap().count(),
+        blobs_before
+    );
     assert_eq!(
         post_to(
             addr,

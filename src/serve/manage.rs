@@ -328,6 +328,8 @@ pub async fn pull(
     respond(body.stream.unwrap_or(true), move |progress| async move {
         let (gguf, hex, source_text) = match source {
             Source::File(path) => {
+                // A file that is not a model is refused before it is hashed or copied.
+                check_gguf(path.clone()).await?;
                 let hex = import(&dir, &path, expected, &progress).await?;
                 (
                     registry::blob_path(&dir, &hex),
