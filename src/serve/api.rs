@@ -334,21 +334,20 @@ pub(super) fn check_model(
     Ok(file)
 }
 
-/// Loads the model, renders the prompt with the model's defaults, queues the job and waits
-/// for its first event.
+/// Loads the model `file` (as [`check_model`] found it), renders the prompt with the model's
+/// defaults, queues the job and waits for its first event.
 pub(super) async fn start(
     state: &ServeState,
-    name: &str,
+    file: &ModelFile,
     keep_alive: Option<Duration>,
     prompt: PromptSpec,
     ask: Ask,
 ) -> Result<Started, ServeError> {
     let started = Instant::now();
-    let file = state.models.find(name)?;
     let manifest = file.manifest.clone().unwrap_or_default();
     let defaults = Options::from_parameters(&manifest.parameters).map_err(ServeError::Internal)?;
     let mut job = job(&ask.options.or(&defaults), ask.format.as_ref(), ask.context)?;
-    let (loaded, load_duration) = state.models.load(name, keep_alive).await?;
+    let (loaded, load_duration) = state.models.load_file(file, keep_alive).await?;
     let model_system = manifest.system.clone().unwrap_or_default();
     job.prompt = match prompt {
         PromptSpec::Text(text) => text,
@@ -538,7 +537,7 @@ pub async fn generate(
 ) -> Result<Response<ServeBody>, ServeError> {
     let body: GenerateRequest = read_json(request, state.max_body).await?;
     let name = model_name(body.model, body.name)?;
-    check_model(
+    let file = check_model(
         state,
         &name,
         body.images.as_ref().is_some_and(|i| !i.is_empty()),
@@ -585,7 +584,7 @@ pub async fn generate(
         });
         PromptSpec::Chat(messages)
     };
-    let started = start(state, &name, keep_alive, spec, ask).await?;
+    let started = start(state, &file, keep_alive, spec, ask).await?;
     respond(Kind::Generate, name, body.stream.unwrap_or(true), started).await
 }
 
@@ -599,7 +598,7 @@ pub async fn chat(
     let images = messages
         .iter()
         .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty()));
-    check_model(state, &name, images)?;
+    let file = check_model(state, &name, images)?;
     check_think(&name, body.think.as_ref())?;
     if let Some(tools) = body.tools.as_ref().filter(|t| !t.is_empty()) {
         // Agents send their tool list on every turn, even to models without tool support;
@@ -627,7 +626,7 @@ pub async fn chat(
             content: m.content.unwrap_or_default(),
         })
         .collect();
-    let started = start(state, &name, keep_alive, PromptSpec::Chat(messages), ask).await?;
+    let started = start(state, &file, keep_alive, PromptSpec::Chat(messages), ask).await?;
     respond(Kind::Chat, name, body.stream.unwrap_or(true), started).await
 }
 

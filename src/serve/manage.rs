@@ -462,6 +462,36 @@ fn content_range(response: &reqwest::Response) -> Option<(u64, Option<u64>)> {
     Some((start, total.trim().parse().ok()))
 }
 
+/// A progress line for bytes moved (Ollama's `status`/`completed`/`total`/`digest`).
+fn bytes_line(status: &str, completed: u64, total: Option<u64>, digest: Option<&str>) -> Value {
+    let mut line = json!({"status": status, "completed": completed});
+    if let Some(total) = total {
+        line["total"] = json!(total);
+    }
+    if let Some(digest) = digest {
+        line["digest"] = json!(digest);
+    }
+    line
+}
+
+/// Counts one failed attempt: gives up with `give_up` after [`DOWNLOAD_ATTEMPTS`], else
+/// reports `status` and waits `backoff_ms` × attempts before the caller tries again.
+async fn retry(
+    failures: &mut u32,
+    progress: &Progress,
+    status: String,
+    give_up: String,
+    backoff_ms: u64,
+) -> Result<(), ServeError> {
+    *failures += 1;
+    if *failures >= DOWNLOAD_ATTEMPTS {
+        return Err(ServeError::BadRequest(give_up));
+    }
+    progress.status(status).await?;
+    tokio::time::sleep(Duration::from_millis(backoff_ms * u64::from(*failures))).await;
+    Ok(())
+}
+
 /// Downloads `url` into `partial`, resuming what an earlier pull left there, and retrying a
 /// broken transfer from where it stopped. Returns the file's sha256 once it matches
 /// `expected` (when given); on a mismatch the partial file is deleted.
@@ -527,16 +557,14 @@ async fn download(
                 response
             }
             Err(e) => {
-                failures += 1;
-                if failures >= DOWNLOAD_ATTEMPTS {
-                    return Err(ServeError::BadRequest(format!(
-                        "cannot download {url}: {e}; pull again to resume"
-                    )));
-                }
-                progress
-                    .status(format!("retrying after an error: {e}"))
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(failures))).await;
+                retry(
+                    &mut failures,
+                    progress,
+                    format!("retrying after an error: {e}"),
+                    format!("cannot download {url}: {e}; pull again to resume"),
+                    500,
+                )
+                .await?;
                 continue;
             }
         };
@@ -587,14 +615,9 @@ async fn download(
         let broken = loop {
             if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
-                let mut line = json!({"status": status, "completed": completed});
-                if let Some(total) = total {
-                    line["total"] = json!(total);
-                }
-                if let Some(digest) = &digest {
-                    line["digest"] = json!(digest);
-                }
-                progress.send(line).await?;
+                progress
+                    .send(bytes_line(&status, completed, total, digest.as_deref()))
+                    .await?;
             }
             match response.chunk().await {
                 Ok(Some(chunk)) => {
@@ -622,25 +645,25 @@ async fn download(
                 if total.is_none() {
                     info.total = Some(completed);
                 }
-                let mut line =
-                    json!({"status": status, "completed": completed, "total": completed});
-                if let Some(digest) = &digest {
-                    line["digest"] = json!(digest);
-                }
-                progress.send(line).await?;
+                progress
+                    .send(bytes_line(
+                        &status,
+                        completed,
+                        Some(completed),
+                        digest.as_deref(),
+                    ))
+                    .await?;
                 break;
             }
             Some(reason) => {
-                failures += 1;
-                if failures >= DOWNLOAD_ATTEMPTS {
-                    return Err(ServeError::BadRequest(format!(
-                        "the download of {url} broke off ({reason}); pull again to resume"
-                    )));
-                }
-                progress
-                    .status(format!("the download broke off ({reason}); resuming"))
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+                retry(
+                    &mut failures,
+                    progress,
+                    format!("the download broke off ({reason}); resuming"),
+                    format!("the download of {url} broke off ({reason}); pull again to resume"),
+                    200,
+                )
+                .await?;
             }
         }
     }

@@ -264,17 +264,26 @@ impl Models {
         keep_alive: Option<Duration>,
     ) -> Result<(Arc<Loaded>, Duration), ModelError> {
         let file = self.find(name)?;
-        if let Some(loaded) = self.get_loaded(&file) {
+        self.load_file(&file, keep_alive).await
+    }
+
+    /// [`Models::load`] for a model already found (the request path finds it once).
+    pub async fn load_file(
+        &self,
+        file: &ModelFile,
+        keep_alive: Option<Duration>,
+    ) -> Result<(Arc<Loaded>, Duration), ModelError> {
+        if let Some(loaded) = self.get_loaded(file) {
             loaded.touch(keep_alive);
             return Ok((loaded, Duration::ZERO));
         }
         let started = Instant::now();
         let _guard = self.load_lock.lock().await;
-        if let Some(loaded) = self.get_loaded(&file) {
+        if let Some(loaded) = self.get_loaded(file) {
             loaded.touch(keep_alive);
             return Ok((loaded, started.elapsed()));
         }
-        let meta = self.meta(&file).await?;
+        let meta = self.meta(file).await?;
         let loading = LoadingGuard::new(&self.loading);
         let path = file.path.clone();
         let config = self.engine.clone();

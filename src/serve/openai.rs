@@ -197,7 +197,7 @@ pub async fn chat(
             content,
         });
     }
-    check_model(state, &name, images)?;
+    let file = check_model(state, &name, images)?;
     if let Some(tools) = body.tools.as_ref().filter(|t| !t.is_empty()) {
         // Agents send their tool list on every turn, even to models without tool support;
         // failing the turn would break them, so the tools are ignored (see README).
@@ -217,7 +217,7 @@ pub async fn chat(
     };
     let started = start(
         state,
-        &name,
+        &file,
         Some(super::options::DEFAULT_KEEP_ALIVE),
         PromptSpec::Chat(messages),
         ask,
@@ -232,7 +232,7 @@ pub async fn completions(
 ) -> Result<Response<ServeBody>, ServeError> {
     let body: CompletionRequest = read_json(request, state.max_body).await?;
     let name = body.common.model()?;
-    check_model(state, &name, false)?;
+    let file = check_model(state, &name, false)?;
     let prompt = match body.prompt {
         Some(Value::String(s)) => s,
         Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
@@ -255,7 +255,7 @@ pub async fn completions(
     };
     let started = start(
         state,
-        &name,
+        &file,
         Some(super::options::DEFAULT_KEEP_ALIVE),
         PromptSpec::Text(prompt),
         ask,
