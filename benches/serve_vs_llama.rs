@@ -1,13 +1,17 @@
-//! `rawrxd serve` against llama.cpp's `llama-server`, one after the other in one run, on the
-//! same GGUF, thread count, slot count, context per slot and batch size:
+//! `rawrxd serve` against llama.cpp's `llama-server` in one run, on the same GGUF, thread count,
+//! slot count, context per slot and batch size:
 //!
 //! (a) tokens/s of one stream, (b) aggregate tokens/s of 4 concurrent streams, (c) time to
 //! first token of a ~512-token prompt never seen before (its first token differs from every
 //! earlier prompt, so no prefix is reused), (d) the same prompt sent again (prefix reuse).
 //!
-//! Greedy decoding (temperature 0). rawrxd has no `ignore_eos`, so rates are measured client
-//! side from the tokens actually received, between the first and the last one; the servers' own
-//! timings are printed beside them. Each figure is the median of several runs.
+//! Greedy decoding (temperature 0) with the same sampling on both: no repetition penalty, which
+//! is llama-server's default (rawrxd, like Ollama, defaults to 1.1, so the bench asks for 1.0).
+//! rawrxd has no `ignore_eos`, so rates are measured client side from the tokens actually
+//! received, between the first and the last one; the servers' own timings are printed beside
+//! them. Both servers are up for the whole run and take turns, one repetition of every figure
+//! each, the order swapped every repetition; each figure is the median of the repetitions
+//! (`BENCH_REPS`, default 7).
 //!
 //! ```text
 //! cargo bench --bench serve_vs_llama
@@ -80,7 +84,11 @@ fn settings() -> Settings {
         model,
         llama_server,
         threads,
-        reps: if quick { 1 } else { 5 },
+        reps: std::env::var("BENCH_REPS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .filter(|&r| r > 0)
+            .unwrap_or(if quick { 1 } else { 7 }),
         decode_tokens: if quick { 16 } else { 128 },
     }
 }
@@ -214,12 +222,13 @@ fn generate(server: &Server, prompt: &str, n: u32) -> Run {
         Kind::Rawrxd => (
             "/api/generate",
             json!({"model": server.model_name, "prompt": prompt, "raw": true, "stream": true,
-                   "options": {"num_predict": n, "temperature": 0, "seed": 1}}),
+                   "options": {"num_predict": n, "temperature": 0, "repeat_penalty": 1.0,
+                               "seed": 1}}),
         ),
         Kind::Llama => (
             "/completion",
-            json!({"prompt": prompt, "n_predict": n, "temperature": 0, "seed": 1,
-                   "stream": true, "cache_prompt": true}),
+            json!({"prompt": prompt, "n_predict": n, "temperature": 0, "repeat_penalty": 1.0,
+                   "seed": 1, "stream": true, "cache_prompt": true}),
         ),
     };
     let body = body.to_string();
@@ -357,68 +366,57 @@ fn long_prompt(first: &str) -> String {
     prompt
 }
 
+/// Every sample of every figure for one server; the medians are taken at the end.
 #[derive(Default)]
-struct Figures {
-    single_tps: f64,
-    single_server_tps: f64,
-    aggregate_tps: f64,
-    ttft_fresh_ms: f64,
-    fresh_server_prompt_ms: f64,
+struct Samples {
+    single_tps: Vec<f64>,
+    single_server_tps: Vec<f64>,
+    aggregate_tps: Vec<f64>,
+    ttft_fresh_ms: Vec<f64>,
+    fresh_server_prompt_ms: Vec<f64>,
     prompt_tokens: u64,
-    ttft_again_ms: f64,
-    again_server_prompt_ms: f64,
+    ttft_again_ms: Vec<f64>,
+    again_server_prompt_ms: Vec<f64>,
     tokens_seen: Vec<u64>,
 }
 
-fn measure(server: &Server, s: &Settings, tag: &str) -> Figures {
-    let mut f = Figures::default();
-    // Warm-up: first use of every code path.
-    generate(server, "Hello", 4);
+/// One repetition of every figure on one server: (a) one stream, (b) four concurrent
+/// streams, (c) a long prompt never seen before, then (d) the same prompt again.
+fn measure_once(server: &Server, s: &Settings, rep: usize, out: &mut Samples) {
+    let run = generate(server, "1, 2, 3, 4, 5, 6, 7, 8,", s.decode_tokens);
+    out.tokens_seen.push(run.tokens);
+    out.single_tps.push(run.decode_tps());
+    out.single_server_tps.push(run.server_decode_tps);
 
-    // (a) one stream.
-    let runs: Vec<Run> = (0..s.reps)
-        .map(|_| generate(server, "1, 2, 3, 4, 5, 6, 7, 8,", s.decode_tokens))
-        .collect();
-    f.tokens_seen.extend(runs.iter().map(|r| r.tokens));
-    f.single_tps = median(runs.iter().map(Run::decode_tps).collect());
-    f.single_server_tps = median(runs.iter().map(|r| r.server_decode_tps).collect());
+    let runs: Vec<Run> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..SLOTS)
+            .map(|i| {
+                let prompt = format!("List {rep}-{i}: 1, 2, 3, 4, 5,");
+                scope.spawn(move || generate(server, &prompt, s.decode_tokens))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first = runs.iter().filter_map(|r| r.first).min().unwrap();
+    let last = runs.iter().filter_map(|r| r.last).max().unwrap();
+    let tokens: u64 = runs.iter().map(|r| r.tokens.saturating_sub(1)).sum();
+    out.tokens_seen.extend(runs.iter().map(|r| r.tokens));
+    out.aggregate_tps
+        .push(tokens as f64 / (last - first).as_secs_f64());
 
-    // (b) four concurrent streams.
-    let mut aggregates = Vec::new();
-    for rep in 0..s.reps {
-        let runs: Vec<Run> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..SLOTS)
-                .map(|i| {
-                    let prompt = format!("List {rep}-{i}: 1, 2, 3, 4, 5,");
-                    scope.spawn(move || generate(server, &prompt, s.decode_tokens))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let first = runs.iter().filter_map(|r| r.first).min().unwrap();
-        let last = runs.iter().filter_map(|r| r.last).max().unwrap();
-        let tokens: u64 = runs.iter().map(|r| r.tokens.saturating_sub(1)).sum();
-        f.tokens_seen.extend(runs.iter().map(|r| r.tokens));
-        aggregates.push(tokens as f64 / (last - first).as_secs_f64());
-    }
-    f.aggregate_tps = median(aggregates);
-
-    // (c) a long prompt never seen before, then (d) the same prompt again.
-    let mut fresh = Vec::new();
-    let mut again = Vec::new();
-    for rep in 0..s.reps {
-        let prompt = long_prompt(&format!("Minutes {tag} {rep}."));
-        let first = generate(server, &prompt, 4);
-        let second = generate(server, &prompt, 4);
-        f.prompt_tokens = first.prompt_tokens;
-        fresh.push((first.ttft_ms(), first.server_prompt_ms));
-        again.push((second.ttft_ms(), second.server_prompt_ms));
-    }
-    f.ttft_fresh_ms = median(fresh.iter().map(|x| x.0).collect());
-    f.fresh_server_prompt_ms = median(fresh.iter().map(|x| x.1).collect());
-    f.ttft_again_ms = median(again.iter().map(|x| x.0).collect());
-    f.again_server_prompt_ms = median(again.iter().map(|x| x.1).collect());
-    f
+    // The server's name is in the prompt so that neither server's cache can hold it.
+    let tag = match server.kind {
+        Kind::Rawrxd => "rawrxd",
+        Kind::Llama => "llama-server",
+    };
+    let prompt = long_prompt(&format!("Minutes {tag} {rep}."));
+    let fresh = generate(server, &prompt, 4);
+    let again = generate(server, &prompt, 4);
+    out.prompt_tokens = fresh.prompt_tokens;
+    out.ttft_fresh_ms.push(fresh.ttft_ms());
+    out.fresh_server_prompt_ms.push(fresh.server_prompt_ms);
+    out.ttft_again_ms.push(again.ttft_ms());
+    out.again_server_prompt_ms.push(again.server_prompt_ms);
 }
 
 fn main() {
@@ -435,64 +433,73 @@ fn main() {
         s.decode_tokens,
         log_path.display()
     );
-    let results: Vec<(&str, Figures)> = [(Kind::Rawrxd, "rawrxd"), (Kind::Llama, "llama-server")]
-        .into_iter()
-        .map(|(kind, name)| {
-            let server = start(kind, &s, &log);
-            let figures = measure(&server, &s, name);
-            drop(server);
-            (name, figures)
-        })
-        .collect();
-    let (r, l) = (&results[0].1, &results[1].1);
+    // Both servers stay up for the whole run and take turns, one repetition of every figure
+    // each, the order swapped every repetition: a machine that slows down or speeds up during
+    // the run (a shared host does) moves both columns alike.
+    let servers = [start(Kind::Rawrxd, &s, &log), start(Kind::Llama, &s, &log)];
+    for server in &servers {
+        generate(server, "Hello", 4); // warm-up: first use of every code path
+    }
+    let mut samples = [Samples::default(), Samples::default()];
+    for rep in 0..s.reps {
+        let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            measure_once(&servers[i], &s, rep, &mut samples[i]);
+        }
+    }
+    drop(servers);
+    let (r, l) = (&samples[0], &samples[1]);
     println!(
         "tokens per stream seen (rawrxd / llama-server): {:?} / {:?}; long prompt: {} / {} tokens",
         r.tokens_seen, l.tokens_seen, r.prompt_tokens, l.prompt_tokens
     );
     println!();
     println!(
-        "| figure (median) | rawrxd serve | llama-server | ratio (≥ 1: rawrxd as fast or faster) |"
+        "| figure (median of {} interleaved reps) | rawrxd serve | llama-server | ratio (≥ 1: rawrxd as fast or faster) |",
+        s.reps
     );
     println!("|---|---:|---:|---:|");
-    let rate = |name: &str, a: f64, b: f64| {
+    let rate = |name: &str, a: &[f64], b: &[f64]| {
+        let (a, b) = (median(a.to_vec()), median(b.to_vec()));
         println!("| {name} | {a:.1} | {b:.1} | {:.2}× |", a / b);
     };
-    let time = |name: &str, a: f64, b: f64| {
+    let time = |name: &str, a: &[f64], b: &[f64]| {
+        let (a, b) = (median(a.to_vec()).max(0.001), median(b.to_vec()).max(0.001));
         println!("| {name} | {a:.0} | {b:.0} | {:.2}× |", b / a);
     };
     rate(
         "(a) 1 stream, tokens/s (client)",
-        r.single_tps,
-        l.single_tps,
+        &r.single_tps,
+        &l.single_tps,
     );
     rate(
         "(a) 1 stream, tokens/s (server-reported)",
-        r.single_server_tps,
-        l.single_server_tps,
+        &r.single_server_tps,
+        &l.single_server_tps,
     );
     rate(
         "(b) 4 concurrent streams, aggregate tokens/s (client)",
-        r.aggregate_tps,
-        l.aggregate_tps,
+        &r.aggregate_tps,
+        &l.aggregate_tps,
     );
     time(
         "(c) time to first token, fresh ~512-token prompt, ms (client)",
-        r.ttft_fresh_ms,
-        l.ttft_fresh_ms,
+        &r.ttft_fresh_ms,
+        &l.ttft_fresh_ms,
     );
     time(
         "(c) prompt evaluation, ms (server-reported)",
-        r.fresh_server_prompt_ms,
-        l.fresh_server_prompt_ms,
+        &r.fresh_server_prompt_ms,
+        &l.fresh_server_prompt_ms,
     );
     time(
         "(d) time to first token, same prompt again, ms (client)",
-        r.ttft_again_ms,
-        l.ttft_again_ms,
+        &r.ttft_again_ms,
+        &l.ttft_again_ms,
     );
     time(
         "(d) prompt evaluation, ms (server-reported)",
-        r.again_server_prompt_ms.max(0.001),
-        l.again_server_prompt_ms.max(0.001),
+        &r.again_server_prompt_ms,
+        &l.again_server_prompt_ms,
     );
 }

@@ -547,7 +547,12 @@ fn admit(
         )));
         return;
     }
-    let sampler = match build_sampler(model, &queued.job.sampling, queued.job.grammar.as_deref()) {
+    let sampler = match build_sampler(
+        model,
+        &queued.job.sampling,
+        queued.job.grammar.as_deref(),
+        limit_ctx,
+    ) {
         Ok(s) => s,
         Err(e) => {
             let _ = queued.events.send(Event::Rejected(e));
@@ -687,6 +692,7 @@ fn build_sampler(
     model: &LlamaModel,
     s: &Sampling,
     grammar: Option<&str>,
+    n_ctx: usize,
 ) -> Result<LlamaSampler, String> {
     let mut chain = Vec::new();
     if let Some(g) = grammar {
@@ -694,13 +700,25 @@ fn build_sampler(
             LlamaSampler::grammar(model, g, "root").map_err(|e| format!("invalid grammar: {e}"))?,
         );
     }
-    chain.push(LlamaSampler::penalties(
-        model.n_vocab(),
-        s.repeat_last_n,
-        s.repeat_penalty,
-        s.frequency_penalty,
-        s.presence_penalty,
-    ));
+    // With no penalty set the penalties sampler changes nothing; leaving it out saves its
+    // per-token bookkeeping.
+    let penalised =
+        s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0;
+    // repeat_last_n -1: the whole context.
+    let last_n = if s.repeat_last_n < 0 {
+        i32::try_from(n_ctx).unwrap_or(i32::MAX)
+    } else {
+        s.repeat_last_n
+    };
+    if penalised && last_n != 0 {
+        chain.push(LlamaSampler::penalties(
+            model.n_vocab(),
+            last_n,
+            s.repeat_penalty,
+            s.frequency_penalty,
+            s.presence_penalty,
+        ));
+    }
     if s.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
     } else {

@@ -70,7 +70,8 @@ impl Options {
             top_p: self.top_p.unwrap_or(0.9),
             min_p: self.min_p.unwrap_or(0.0),
             repeat_penalty: self.repeat_penalty.unwrap_or(1.1),
-            repeat_last_n: self.repeat_last_n.unwrap_or(64).max(0),
+            // Ollama: -1 means the whole context (resolved by the engine), 0 disables.
+            repeat_last_n: self.repeat_last_n.unwrap_or(64).max(-1),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             // Ollama: -1 (or absent) means random.
@@ -201,6 +202,21 @@ mod tests {
         let o: Options = serde_json::from_value(json!({"stop": "x", "num_predict": -1})).unwrap();
         assert_eq!(o.stops(), vec!["x"]);
         assert_eq!(o.num_predict(), None);
+        assert_eq!((s.repeat_penalty, s.repeat_last_n), (1.1, 64));
+    }
+
+    #[test]
+    fn repeat_last_n_minus_one_means_whole_context() {
+        let last_n = |v: i64| {
+            serde_json::from_value::<Options>(json!({ "repeat_last_n": v }))
+                .unwrap()
+                .sampling()
+                .repeat_last_n
+        };
+        assert_eq!(last_n(-1), -1);
+        assert_eq!(last_n(-7), -1);
+        assert_eq!(last_n(0), 0);
+        assert_eq!(last_n(128), 128);
     }
 
     #[test]
