@@ -301,7 +301,7 @@ struct Active {
     pending: VecDeque<LlamaToken>,
     /// The sampled token to decode next (generating phase).
     next: Option<LlamaToken>,
-    sampler: LlamaSampler,
+    sampler: Sampler,
     stops: StopBuffer,
     utf8: Vec<u8>,
     prompt_tokens: usize,
@@ -686,6 +686,34 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// How a slot picks its next token.
+enum Sampler {
+    /// Plain greedy decoding (temperature ≤ 0, no grammar, no penalty): the most likely token,
+    /// read straight off the logits. Same choice as llama.cpp's greedy sampler (the first of
+    /// equal maxima) without copying all of the vocabulary's logits into a candidate array.
+    Argmax,
+    Chain(LlamaSampler),
+}
+
+impl Sampler {
+    /// The next token from the logits at batch index `at` (a chain also accepts it).
+    fn sample(&mut self, ctx: &LlamaContext<'_>, at: i32) -> LlamaToken {
+        match self {
+            Sampler::Argmax => LlamaToken::new(argmax(ctx.get_logits_ith(at))),
+            Sampler::Chain(chain) => chain.sample(ctx, at),
+        }
+    }
+}
+
+/// Index of the first largest value; NaNs never win.
+fn argmax(logits: &[f32]) -> i32 {
+    let max = logits
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let at = logits.iter().position(|&x| x == max).unwrap_or(0);
+    i32::try_from(at).unwrap_or(0)
+}
+
 /// Ollama's sampler order (llama.cpp's common sampler): grammar, penalties, top-k, top-p,
 /// min-p, temperature, then a seeded draw (greedy when temperature ≤ 0).
 fn build_sampler(
@@ -693,7 +721,7 @@ fn build_sampler(
     s: &Sampling,
     grammar: Option<&str>,
     n_ctx: usize,
-) -> Result<LlamaSampler, String> {
+) -> Result<Sampler, String> {
     let mut chain = Vec::new();
     if let Some(g) = grammar {
         chain.push(
@@ -720,6 +748,9 @@ fn build_sampler(
         ));
     }
     if s.temperature <= 0.0 {
+        if chain.is_empty() {
+            return Ok(Sampler::Argmax);
+        }
         chain.push(LlamaSampler::greedy());
     } else {
         if s.top_k > 0 {
@@ -735,7 +766,7 @@ fn build_sampler(
         // u32::MAX is llama.cpp's LLAMA_DEFAULT_SEED: a random seed.
         chain.push(LlamaSampler::dist(s.seed.unwrap_or(u32::MAX)));
     }
-    Ok(LlamaSampler::chain_simple(chain))
+    Ok(Sampler::Chain(LlamaSampler::chain_simple(chain)))
 }
 
 /// Samples one token for `slot` from batch index `at`, streams its text, and ends the request
@@ -826,5 +857,21 @@ fn take_utf8(buf: &mut Vec<u8>) -> String {
                 s
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_is_the_first_largest_and_skips_nans() {
+        assert_eq!(argmax(&[-3.0, -1.0, -2.0]), 1);
+        assert_eq!(argmax(&[0.5, 2.0, 2.0, 1.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0, f32::NAN, 3.0]), 3);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        let mut big = vec![0.0_f32; 262_144];
+        big[200_001] = 7.5;
+        assert_eq!(argmax(&big), 200_001);
     }
 }
