@@ -21,6 +21,8 @@ use figment::Figment;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
+use crate::guard::{Access, Keys};
+
 /// The sections of `rawrxd.toml`; an environment variable `RAWRXD_<SECTION>_<KEY>` sets
 /// `<section>.<key>`.
 const SECTIONS: &[&str] = &["proxy", "serve"];
@@ -68,6 +70,16 @@ pub struct RawServe {
     pub queue: usize,
     /// Load the configured models at start.
     pub preload: bool,
+    /// Bearer token for model management (pull, create, copy, delete, push, blobs); required
+    /// to listen off loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// When set, every API request needs `Authorization: Bearer <one of these>`.
+    pub api_keys: StringList,
+    /// Browser origins allowed besides loopback pages and local app schemes.
+    pub allowed_origins: StringList,
+    /// Host names (besides localhost, IP addresses and this machine's name) clients may use.
+    pub allowed_hosts: StringList,
 }
 
 impl Default for RawServe {
@@ -81,6 +93,10 @@ impl Default for RawServe {
             ctx: 4096,
             queue: 64,
             preload: false,
+            admin_token: None,
+            api_keys: StringList::default(),
+            allowed_origins: StringList::default(),
+            allowed_hosts: StringList::default(),
         }
     }
 }
@@ -105,6 +121,8 @@ pub struct ServeOverrides {
     pub queue: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preload: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
 }
 
 /// `[proxy]` as written by the user; every field has a default.
@@ -138,6 +156,12 @@ pub struct RawProxy {
     pub audit_max_size: ByteSize,
     /// Rotated logs kept (`corrections.log.1.gz` …).
     pub audit_keep: usize,
+    /// When set, every forwarded request needs `Authorization: Bearer <one of these>`.
+    pub api_keys: StringList,
+    /// Browser origins allowed besides loopback pages and local app schemes.
+    pub allowed_origins: StringList,
+    /// Host names (besides localhost, IP addresses and this machine's name) clients may use.
+    pub allowed_hosts: StringList,
 }
 
 impl Default for RawProxy {
@@ -156,7 +180,40 @@ impl Default for RawProxy {
             admin_token: None,
             audit_max_size: ByteSize::Text("32MiB".into()),
             audit_keep: 5,
+            api_keys: StringList::default(),
+            allowed_origins: StringList::default(),
+            allowed_hosts: StringList::default(),
         }
+    }
+}
+
+/// A list of strings: a TOML array, or (from an environment variable such as
+/// `RAWRXD_PROXY_ALLOWED_ORIGINS`) one comma-separated string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StringList {
+    Items(Vec<String>),
+    Text(String),
+}
+
+impl Default for StringList {
+    fn default() -> Self {
+        StringList::Items(Vec::new())
+    }
+}
+
+impl StringList {
+    /// The entries, trimmed, empty ones dropped.
+    pub fn items(&self) -> Vec<String> {
+        let all: Vec<&str> = match self {
+            StringList::Items(items) => items.iter().map(String::as_str).collect(),
+            StringList::Text(text) => text.split(',').collect(),
+        };
+        all.into_iter()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -340,7 +397,10 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
-    pub admin_token: Option<String>,
+    /// The admin token and API keys (see [`crate::guard::Keys`]).
+    pub keys: Keys,
+    /// The `Host` and `Origin` policy (see [`crate::guard::Access`]).
+    pub access: Access,
     pub audit_max_size: u64,
     pub audit_keep: usize,
 }
@@ -390,6 +450,14 @@ impl RawProxy {
             errors.push("proxy.max_connections must be at least 1".into());
         }
         let admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
+        let keys = Keys::new(admin_token.as_deref(), &self.api_keys.items());
+        let access = Access::new(
+            "proxy",
+            &self.allowed_origins.items(),
+            &self.allowed_hosts.items(),
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
         if let Some(addr) = listen {
             if !addr.ip().is_loopback() && admin_token.is_none() {
                 errors.push(format!(
@@ -406,6 +474,7 @@ impl RawProxy {
             connect_timeout,
             shutdown_grace,
             audit_max_size,
+            access,
         ) {
             (
                 Some(listen),
@@ -415,6 +484,7 @@ impl RawProxy {
                 Some(connect_timeout),
                 Some(shutdown_grace),
                 Some(audit_max_size),
+                Some(access),
             ) if errors.is_empty() => Ok(ProxyConfig {
                 listen,
                 upstream,
@@ -426,7 +496,8 @@ impl RawProxy {
                 connect_timeout,
                 max_connections: self.max_connections,
                 shutdown_grace,
-                admin_token,
+                keys,
+                access,
                 audit_max_size,
                 audit_keep: self.audit_keep,
             }),
@@ -534,6 +605,40 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
+    fn lists_come_from_arrays_or_comma_separated_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "rawrxd.toml",
+                "[proxy]\nallowed_hosts = [\"gpu.lan\"]\n[serve]\napi_keys = [\"a\", \"b\"]\n",
+            )?;
+            jail.set_env(
+                "RAWRXD_PROXY_ALLOWED_ORIGINS",
+                "https://app.example.com, http://dev.lan:*",
+            );
+            let raw = load(None, &ProxyOverrides::default()).unwrap();
+            assert_eq!(
+                raw.proxy.allowed_origins.items(),
+                vec!["https://app.example.com", "http://dev.lan:*"]
+            );
+            assert_eq!(raw.proxy.allowed_hosts.items(), vec!["gpu.lan"]);
+            assert_eq!(raw.serve.api_keys.items(), vec!["a", "b"]);
+            assert!(raw.proxy.validate().is_ok());
+
+            jail.set_env("RAWRXD_PROXY_ALLOWED_ORIGINS", "localhost:3000");
+            jail.set_env("RAWRXD_PROXY_ALLOWED_HOSTS", "bad host");
+            let raw = load(None, &ProxyOverrides::default()).unwrap();
+            let ConfigError::Invalid(errors) = raw.proxy.validate().unwrap_err() else {
+                panic!("expected Invalid");
+            };
+            assert_eq!(errors.len(), 2, "{errors:?}");
+            assert!(errors[0].starts_with("proxy.allowed_origins"), "{errors:?}");
+            assert!(errors[1].starts_with("proxy.allowed_hosts"), "{errors:?}");
             Ok(())
         });
     }

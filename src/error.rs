@@ -33,6 +33,15 @@ pub enum ProxyError {
     ShuttingDown,
     #[error("missing or wrong admin token (send Authorization: Bearer <token>)")]
     Unauthorized,
+    #[error("missing or wrong API key (send Authorization: Bearer <key>)")]
+    ApiKeyRequired,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(
+        "this endpoint changes state and takes only Content-Type: application/json \
+         (curl: -H 'Content-Type: application/json')"
+    )]
+    UnsupportedMediaType,
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -53,7 +62,9 @@ impl ProxyError {
             ProxyError::ShuttingDown | ProxyError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::Unauthorized | ProxyError::ApiKeyRequired => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
@@ -66,7 +77,8 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
             ProxyError::ShuttingDown | ProxyError::Unavailable(_) => "server_error",
-            ProxyError::Unauthorized => "authentication_error",
+            ProxyError::Unauthorized | ProxyError::ApiKeyRequired => "authentication_error",
+            ProxyError::Forbidden(_) => "permission_error",
             _ => "invalid_request_error",
         }
     }
@@ -130,6 +142,9 @@ mod tests {
             (ProxyError::MethodNotAllowed("PUT".into()), 405),
             (ProxyError::ShuttingDown, 503),
             (ProxyError::Unauthorized, 401),
+            (ProxyError::ApiKeyRequired, 401),
+            (ProxyError::Forbidden("x".into()), 403),
+            (ProxyError::UnsupportedMediaType, 415),
             (ProxyError::Conflict("x".into()), 409),
             (ProxyError::Unavailable("x".into()), 503),
         ];

@@ -4,6 +4,8 @@
 //! this library. The proxy's data path, in the order a request travels it:
 //!
 //! * [`server`] accepts connections (capped), serves HTTP/1.1 and h2c, drains on shutdown;
+//! * [`guard`] refuses what a browser page or a LAN peer must not do (`Host`, `Origin`,
+//!   tokens) before anything else runs, on the proxy's port and on serve's;
 //! * [`route`] decides between rawrxd's own endpoints ([`admin`]) and forwarding;
 //! * [`upstream`] rewrites the request for the upstream and sends it over a pooled client;
 //! * [`body`] wraps both bodies: the request body is size-limited, the response body is
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod live;
 pub mod metrics;
 pub mod patch;

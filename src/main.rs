@@ -182,10 +182,15 @@ fn serve(args: rawrxd::serve::ServeArgs) -> anyhow::Result<()> {
 /// the process exits and serve with it.
 fn up(args: rawrxd::serve::UpArgs) -> anyhow::Result<()> {
     use rawrxd::serve;
-    let config = args
+    let mut config = args
         .serve_args()
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid serve configuration: {e}"))?;
+    // Serve accepts the browser origins its proxy lets through (the proxy checked them).
+    let proxy_config = config::load(args.proxy.config.as_deref(), &args.proxy.overrides())?
+        .proxy
+        .validate()?;
+    config.access.allow_origins_of(&proxy_config.access);
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;

@@ -37,23 +37,91 @@ pub async fn handle(
     let path = request.uri().path().to_string();
     let flavor = Flavor::of_path(&path);
     let is_own = path == OWN_PREFIX || path.starts_with("/rawrxd/");
-    let mut record = RequestRecord::start(&state, request.method().clone(), path);
-    let (result, waited) = if is_own {
-        (admin::handle(&state, request).await, Duration::ZERO)
-    } else {
-        match forward(&state, request).await {
-            Ok(upstreamed) => {
-                return Ok(respond(&state, upstreamed, record)
-                    .await
-                    .unwrap_or_else(|error| error.into_response(flavor)))
-            }
-            Err((error, waited)) => (Err(error), waited),
+    let mut record = RequestRecord::start(&state, request.method().clone(), path.clone());
+    // Who may ask comes before what is asked: Host, Origin and tokens (see `guard`).
+    let admitted = state
+        .config
+        .access
+        .check(request.method(), request.uri(), request.headers());
+    let (result, waited) = match admitted {
+        Err(refusal) => {
+            tracing::warn!(path = %path, "refused: {refusal}");
+            (
+                Err(ProxyError::Forbidden(refusal.to_string())),
+                Duration::ZERO,
+            )
+        }
+        Ok(admitted) if admitted.preflight => {
+            (Ok(preflight(&admitted, request.headers())), Duration::ZERO)
+        }
+        Ok(admitted) => {
+            let (result, waited) = if is_own {
+                (admin::handle(&state, request).await, Duration::ZERO)
+            } else if let Err(error) = may_forward(&state, &request) {
+                (Err(error), Duration::ZERO)
+            } else {
+                match forward(&state, request).await {
+                    Ok(upstreamed) => {
+                        let mut response = respond(&state, upstreamed, record)
+                            .await
+                            .unwrap_or_else(|error| error.into_response(flavor));
+                        admitted.decorate(response.headers_mut());
+                        return Ok(response);
+                    }
+                    Err((error, waited)) => (Err(error), waited),
+                }
+            };
+            let mut response = result.unwrap_or_else(|error| error.into_response(flavor));
+            admitted.decorate(response.headers_mut());
+            (Ok(response), waited)
         }
     };
     let response = result.unwrap_or_else(|error| error.into_response(flavor));
     record.responded(response.status(), waited);
     record.completed();
     Ok(response)
+}
+
+/// Upstream paths that manage models (download, create, copy, delete, upload files): they
+/// need the admin token when one is set, like rawrxd's own state-changing endpoints.
+fn is_management(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "/api/pull" | "/api/create" | "/api/copy" | "/api/delete" | "/api/push"
+    ) || path.starts_with("/api/blobs/")
+}
+
+/// The token checks for a forwarded request: management paths need the admin token (when
+/// set), everything else an API key (when any are set) — except `GET /` and `/api/version`,
+/// which clients use to see whether a server is there.
+fn may_forward<B>(state: &ProxyState, request: &Request<B>) -> Result<(), ProxyError> {
+    let keys = &state.config.keys;
+    let path = request.uri().path();
+    if is_management(path) {
+        return match keys.admin_ok(request.headers()) {
+            true => Ok(()),
+            false => Err(ProxyError::Unauthorized),
+        };
+    }
+    let probe = matches!(path, "/" | "/api/version")
+        && matches!(*request.method(), Method::GET | Method::HEAD);
+    match probe || keys.api_ok(request.headers()) {
+        true => Ok(()),
+        false => Err(ProxyError::ApiKeyRequired),
+    }
+}
+
+/// `204` to an allowed CORS preflight; the proxy answers these itself (the upstream's own
+/// CORS policy would disagree with the proxy's).
+fn preflight(admitted: &crate::guard::Admitted, request: &http::HeaderMap) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    *response.headers_mut() = crate::guard::Access::preflight_headers(admitted, request);
+    response
 }
 
 /// The upstream's response head, and what to do with its body.

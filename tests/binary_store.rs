@@ -6,6 +6,9 @@
 
 mod support;
 
+/// What rawrxd's state-changing endpoints require of a body.
+const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -93,7 +96,9 @@ async fn sigkill_while_auditing_leaves_whole_lines_and_a_sound_database() {
     // A rule committed through the API must survive the kill.
     let api_rule = br#"{"id":"api-rule","kind":"replace","find":"zzz","replace":"y"}"#;
     assert_eq!(
-        call(addr, "POST", "/rawrxd/rules", api_rule).await.status,
+        call_with(addr, "POST", "/rawrxd/rules", api_rule, &JSON)
+            .await
+            .status,
         201
     );
 
@@ -204,7 +209,7 @@ async fn a_hundred_reloads_under_load_fail_no_request_and_keep_memory_flat() {
         let dir = dir.clone();
         async move {
             rule_file(&dir, &format!("v{i}"));
-            let seen = call(addr, "POST", "/rawrxd/reload", b"").await;
+            let seen = call_with(addr, "POST", "/rawrxd/reload", b"", &JSON).await;
             assert_eq!(seen.status, 200, "reload {i}: {}", seen.text());
         }
     };

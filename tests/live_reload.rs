@@ -251,7 +251,10 @@ async fn the_admin_api_checks_its_token_and_validates_bodies() {
     })
     .await;
     let addr = proxy.addr;
-    let auth = [("authorization", "Bearer s3cret")];
+    let auth = [
+        ("authorization", "Bearer s3cret"),
+        ("content-type", "application/json"),
+    ];
     let rule = json!({"id": "api-alpha", "kind": "replace", "find": "alpha", "replace": "API"});
     let body = rule.to_string();
 

@@ -41,6 +41,7 @@ fn start_server(parallel: u32, ctx: u32, max_body: usize) -> SocketAddr {
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".into()),
         config: None,
+        admin_token: None,
         engine: EngineFlags {
             models: Some(std::env::temp_dir().join("rawrxd-serve-test-no-models")),
             model: vec![model_path().display().to_string()],
@@ -736,6 +737,7 @@ fn full_queue_is_503_and_keep_alive_zero_unloads() {
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".into()),
         config: None,
+        admin_token: None,
         engine: EngineFlags {
             models: None,
             model: vec![model_path().display().to_string()],
@@ -975,7 +977,13 @@ fn pull_copy_delete_and_unsupported_requests() {
     std::fs::create_dir_all(&dir).unwrap();
     let addr = launch_with_models(&dir);
     let send = |method: &str, path: &str, body: Value| {
-        call(addr, method, path, Some(body.to_string().as_bytes()), "")
+        call(
+            addr,
+            method,
+            path,
+            Some(body.to_string().as_bytes()),
+            "Content-Type: application/json\r\n",
+        )
     };
     let copied = send(
         "POST",
@@ -1191,6 +1199,7 @@ fn launch_with_models(dir: &std::path::Path) -> SocketAddr {
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".into()),
         config: None,
+        admin_token: None,
         engine: EngineFlags {
             models: Some(dir.to_path_buf()),
             model: vec![model_path().display().to_string()],
@@ -1359,7 +1368,13 @@ impl FileServer {
 
 /// Posts `body` to `path` on `addr`.
 fn post_to(addr: SocketAddr, path: &str, body: &Value) -> Reply {
-    call(addr, "POST", path, Some(body.to_string().as_bytes()), "")
+    call(
+        addr,
+        "POST",
+        path,
+        Some(body.to_string().as_bytes()),
+        "Content-Type: application/json\r\n",
+    )
 }
 
 /// Posts `body` to `path` on `addr` and returns the NDJSON lines (status 200 asserted).
@@ -1817,6 +1832,7 @@ fn the_fetch_script_registers_gemma3_270m() {
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".into()),
         config: None,
+        admin_token: None,
         engine: EngineFlags {
             models: Some(dir.clone()),
             threads: Some(2),

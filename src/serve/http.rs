@@ -50,6 +50,15 @@ pub enum ServeError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(
+        "this endpoint changes state and takes only Content-Type: application/json \
+         (curl: -H 'Content-Type: application/json')"
+    )]
+    UnsupportedMediaType,
 }
 
 impl ServeError {
@@ -62,6 +71,9 @@ impl ServeError {
             ServeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Conflict(_) => StatusCode::CONFLICT,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServeError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -69,6 +81,8 @@ impl ServeError {
         match self {
             ServeError::Internal(_) | ServeError::Busy(_) => "server_error",
             ServeError::NotFound(_) => "not_found_error",
+            ServeError::Unauthorized(_) => "authentication_error",
+            ServeError::Forbidden(_) => "permission_error",
             _ => "invalid_request_error",
         }
     }
@@ -221,9 +235,94 @@ pub async fn handle(
     let path = request.uri().path().to_string();
     let flavor = Flavor::of_path(&path);
     let method = request.method().clone();
+    let admitted = match state
+        .access
+        .check(&method, request.uri(), request.headers())
+    {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            tracing::warn!(%method, %path, "refused: {refusal}");
+            return Ok(ServeError::Forbidden(refusal.to_string()).into_response(flavor));
+        }
+    };
+    if admitted.preflight {
+        let mut response = full(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
+        *response.headers_mut() =
+            crate::guard::Access::preflight_headers(&admitted, request.headers());
+        return Ok(response);
+    }
+    let mut response = match may_serve(&state, &method, &path, request.headers()) {
+        Ok(()) => route(state, request, &path, method.clone()).await,
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| {
+        if e.status().is_server_error() {
+            tracing::warn!(%method, %path, "{e}");
+        } else {
+            tracing::debug!(%method, %path, "{e}");
+        }
+        e.into_response(flavor)
+    });
+    admitted.decorate(response.headers_mut());
+    Ok(response)
+}
+
+/// Model management: changes the models directory; needs the admin token when one is set.
+fn is_management(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "/api/pull" | "/api/create" | "/api/copy" | "/api/delete" | "/api/push"
+    ) || path.starts_with("/api/blobs/")
+}
+
+/// The token and content-type checks: management needs the admin token (when set) and, for
+/// `POST`s with a JSON body, `Content-Type: application/json` (a browser cannot send that
+/// cross-site without a preflight); everything else needs an API key when any are set,
+/// except the liveness probes (`/`, `/health`, `/api/version`).
+fn may_serve(
+    state: &ServeState,
+    method: &Method,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Result<(), ServeError> {
+    if is_management(path) {
+        if !state.keys.admin_ok(headers) {
+            return Err(ServeError::Unauthorized(
+                "missing or wrong admin token (send Authorization: Bearer <token>)".into(),
+            ));
+        }
+        // Blob uploads carry the model file itself (application/octet-stream).
+        if *method == Method::POST
+            && !path.starts_with("/api/blobs/")
+            && !crate::guard::is_json(headers)
+        {
+            return Err(ServeError::UnsupportedMediaType);
+        }
+        return Ok(());
+    }
+    let probe = matches!(
+        path.trim_end_matches('/'),
+        "" | "/health" | "/api/health" | "/api/version"
+    );
+    if probe || state.keys.api_ok(headers) {
+        Ok(())
+    } else {
+        Err(ServeError::Unauthorized(
+            "missing or wrong API key (send Authorization: Bearer <key>)".into(),
+        ))
+    }
+}
+
+/// Routes by path and method.
+async fn route(
+    state: Arc<ServeState>,
+    request: Request<Incoming>,
+    path: &str,
+    method: Method,
+) -> Result<Response<ServeBody>, ServeError> {
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
-    let result = match path.trim_end_matches('/') {
+    match path.trim_end_matches('/') {
         "" if get => Ok(full(
             StatusCode::OK,
             "text/plain; charset=utf-8",
@@ -276,16 +375,7 @@ pub async fn handle(
         | "/v1/chat/completions"
         | "/v1/completions" => Err(ServeError::MethodNotAllowed),
         _ => Err(ServeError::NotFound("404 page not found".into())),
-    };
-    let response = result.unwrap_or_else(|e| {
-        if e.status().is_server_error() {
-            tracing::warn!(%method, %path, "{e}");
-        } else {
-            tracing::debug!(%method, %path, "{e}");
-        }
-        e.into_response(flavor)
-    });
-    Ok(response)
+    }
 }
 
 /// How a [`run`] ended.
@@ -407,6 +497,9 @@ mod tests {
             (ServeError::TooLarge(1), 413),
             (ServeError::Busy("x".into()), 503),
             (ServeError::Internal("x".into()), 500),
+            (ServeError::Unauthorized("x".into()), 401),
+            (ServeError::Forbidden("x".into()), 403),
+            (ServeError::UnsupportedMediaType, 415),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");

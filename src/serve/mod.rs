@@ -40,6 +40,9 @@ pub struct ServeState {
     pub max_body: usize,
     /// Downloads and uploads in progress (one at a time per file).
     pub in_flight: std::sync::Arc<manage::InFlight>,
+    /// Tokens and the browser policy, checked before any handler (see [`crate::guard`]).
+    pub keys: crate::guard::Keys,
+    pub access: crate::guard::Access,
 }
 
 /// Validated settings of `rawrxd serve`.
@@ -53,6 +56,10 @@ pub struct ServeConfig {
     pub max_body: usize,
     pub preload: bool,
     pub shutdown_grace: Duration,
+    /// The admin token (management endpoints) and API keys (see [`crate::guard::Keys`]).
+    pub keys: crate::guard::Keys,
+    /// The `Host` and `Origin` policy (see [`crate::guard::Access`]).
+    pub access: crate::guard::Access,
 }
 
 impl ServeState {
@@ -66,6 +73,8 @@ impl ServeState {
             max_body: config.max_body,
             in_flight: std::sync::Arc::default(),
             preloading: std::sync::atomic::AtomicBool::new(config.preload),
+            keys: config.keys.clone(),
+            access: config.access.clone(),
         }
     }
 }
@@ -92,6 +101,10 @@ pub struct ServeArgs {
     /// Config file [default: rawrxd.toml in the working directory, when present]
     #[arg(long, value_name = "FILE", env = "RAWRXD_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Bearer token for model management (pull, create, copy, delete, push, blobs); required to listen off loopback
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
 
     #[command(flatten)]
     pub engine: EngineFlags,
@@ -165,6 +178,7 @@ impl EngineFlags {
             ctx: self.ctx_size,
             queue: self.queue,
             preload: self.preload.then_some(true),
+            admin_token: None,
         })
     }
 }
@@ -172,7 +186,8 @@ impl EngineFlags {
 impl ServeArgs {
     /// Merges `rawrxd.toml`, `RAWRXD_SERVE_*` and these flags, and validates the result.
     pub fn validate(&self) -> Result<ServeConfig, String> {
-        let overrides = self.engine.overrides(self.listen.clone())?;
+        let mut overrides = self.engine.overrides(self.listen.clone())?;
+        overrides.admin_token = self.admin_token.clone();
         let raw = crate::config::load_all(
             self.config.as_deref(),
             &crate::config::ProxyOverrides::default(),
@@ -205,12 +220,29 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
             Err(e) => errors.push(e),
         }
     }
+    let admin_token = raw.admin_token.as_deref().filter(|t| !t.is_empty());
+    if let Some(addr) = listen {
+        if !addr.ip().is_loopback() && admin_token.is_none() {
+            errors.push(format!(
+                "serve.listen: {addr} is not a loopback address; set serve.admin_token \
+                 (or --admin-token) before exposing the model server to the network"
+            ));
+        }
+    }
+    let keys = crate::guard::Keys::new(admin_token, &raw.api_keys.items());
+    let access = crate::guard::Access::new(
+        "serve",
+        &raw.allowed_origins.items(),
+        &raw.allowed_hosts.items(),
+    )
+    .map_err(|e| errors.extend(e))
+    .ok();
     let threads = raw
         .threads
         .unwrap_or_else(|| models::physical_cores() as u32)
         .clamp(1, 1024);
-    match (listen, errors.is_empty()) {
-        (Some(listen), true) => Ok(ServeConfig {
+    match (listen, access, errors.is_empty()) {
+        (Some(listen), Some(access), true) => Ok(ServeConfig {
             listen,
             models_dir: raw.models.clone().or_else(default_models_dir),
             models,
@@ -224,6 +256,8 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
             max_body: 100 << 20,
             preload: raw.preload,
             shutdown_grace: Duration::from_secs(30),
+            keys,
+            access,
         }),
         _ => Err(errors.join("; ")),
     }
@@ -251,6 +285,7 @@ impl UpArgs {
         ServeArgs {
             listen: self.serve_listen.clone(),
             config: self.proxy.config.clone(),
+            admin_token: None,
             engine: self.engine.clone(),
         }
     }
