@@ -31,7 +31,7 @@ async fn malformed_request_line_gets_400() {
     for garbage in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET /api/tags HTTP/9.9\r\n\r\n",
-        b"GET /a b c\r\nHost: x\r\n\r\n",
+        b"GET /a b c\r\nHost: localhost\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 12abc\r\n\r\n",
@@ -53,7 +53,7 @@ async fn body_shorter_than_content_length_gets_400() {
     let (upstream, proxy) = setup().await;
     let answer = raw_exchange(
         proxy.addr,
-        b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\":",
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"model\":",
         true,
         WAIT,
     )
@@ -78,7 +78,7 @@ async fn declared_oversized_body_gets_413_without_reading_it() {
     let (upstream, proxy) = setup().await;
     let answer = raw_exchange(
         proxy.addr,
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1025\r\n\r\n",
         false,
         Duration::from_millis(500),
     )
@@ -97,7 +97,7 @@ async fn declared_oversized_body_gets_413_without_reading_it() {
 async fn chunked_body_growing_past_the_limit_gets_413() {
     let (upstream, proxy) = setup().await;
     let mut raw =
-        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..4 {
         raw.extend_from_slice(b"200\r\n");
         raw.extend_from_slice(&[b'a'; 0x200]);
@@ -128,7 +128,7 @@ async fn default_limit_is_100_mib() {
     let upstream = Upstream::start(Script::status(200, "application/json", b"{}")).await;
     let proxy = TestProxy::start(&upstream.url()).await;
     let head = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
         (100 << 20) + 1
     );
     let answer = raw_exchange(
@@ -146,7 +146,7 @@ async fn invalid_utf8_in_header_values_is_forwarded_not_fatal() {
     let (upstream, proxy) = setup().await;
     let answer = raw_exchange(
         proxy.addr,
-        b"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Weird: caf\xe9 \xff\xfe\r\nConnection: close\r\n\r\n",
+        b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nX-Weird: caf\xe9 \xff\xfe\r\nConnection: close\r\n\r\n",
         false,
         WAIT,
     )
@@ -169,7 +169,7 @@ async fn a_thousand_concurrent_connections() {
         clients.push(tokio::spawn(async move {
             raw_exchange(
                 addr,
-                b"GET /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
                 false,
                 Duration::from_secs(30),
             )
@@ -197,7 +197,7 @@ async fn connections_beyond_the_cap_wait_instead_of_failing() {
         clients.push(tokio::spawn(async move {
             raw_exchange(
                 addr,
-                b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
                 false,
                 Duration::from_secs(10),
             )

@@ -90,7 +90,7 @@ async fn request_reaches_upstream_as_sent_less_hop_by_hop_headers() {
     let request = http::Request::builder()
         .method("PUT")
         .uri("/api/some/path?a=1&b=two%20words")
-        .header("host", "client.example:11435")
+        .header("host", "localhost:11435")
         .header("authorization", "Bearer abc")
         .header("x-custom", "one")
         .header("x-custom", "two")
