@@ -22,6 +22,7 @@ use rawrxd::config::RawProxy;
 use rawrxd::metrics::Metrics;
 use rawrxd::patch::Hit;
 use rawrxd::rules::{Endpoint, Kind};
+use rawrxd::store::Retention;
 
 fn tempdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -101,6 +102,7 @@ fn audit_throughput(events: usize) {
             db_path: dir.join("rawrxd.db"),
             max_log_bytes: 1 << 30,
             keep: 1,
+            retention: Retention::default(),
         },
         metrics.clone(),
     )
