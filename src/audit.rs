@@ -858,5 +858,8 @@ mod tests {
         assert_eq!(store.count_corrections().unwrap(), 2_001);
         store.check_corrections_index().unwrap();
         assert_eq!(metrics.audit_pruned.get(), 3_500);
+        assert!(metrics
+            .render()
+            .contains("rawrxd_audit_rows_pruned_total 3500"));
     }
 }
