@@ -3,10 +3,12 @@
 //! Replays recorded Ollama `/api/generate` NDJSON streams (`tests/fixtures/recorded/*.ndjson`,
 //! real output of Gemma 3 270M, see that folder's README) line by line through the
 //! re-framer with the default rule pack plus a set of typical replace/regex rules, and reports
-//! the median and p99 number of characters held back after each line, and how many lines a
-//! held character waited. `cargo bench --bench held_back`.
+//! the median, p99 and largest number of characters held back after each line, and how many
+//! lines ended with anything held. `cargo bench --bench held_back`. Without recordings it fails
+//! (exit status 1) rather than report nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // bench code
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code
+#![allow(clippy::print_stdout, clippy::print_stderr)] // it reports on stdout, fails on stderr
 
 use std::path::Path;
 
@@ -56,6 +58,13 @@ fn percentile(sorted: &[usize], p: f64) -> usize {
     sorted[rank]
 }
 
+/// Without recordings there is nothing to measure: say so and exit non-zero, so a missing
+/// fixture never passes for a measurement.
+fn fail(message: &str) -> ! {
+    eprintln!("held_back: {message}");
+    std::process::exit(1);
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut rules = load_dir(&root.join("rules")).expect("default pack");
@@ -67,14 +76,18 @@ fn main() {
         .expect("rules apply");
 
     let dir = root.join("tests/fixtures/recorded");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut files: Vec<_> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(error) => fail(&format!("cannot read {}: {error}", dir.display())),
+    };
     files.retain(|p| p.extension().is_some_and(|e| e == "ndjson"));
     files.sort();
     if files.is_empty() {
-        println!("no recordings in {}", dir.display());
-        return;
+        fail(&format!(
+            "no recordings (*.ndjson) in {}; they are part of the repository (see its README; \
+             scripts/record-ndjson.py records new ones)",
+            dir.display()
+        ));
     }
     let mut held_after_line = Vec::new();
     let (mut lines_total, mut chars_total, mut held_lines) = (0usize, 0usize, 0usize);

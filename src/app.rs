@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::reload::RuleManager;
 use crate::rules::RuleError;
 use crate::state::ProxyState;
-use crate::store::{Store, StoreError};
+use crate::store::{Retention, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -42,6 +42,10 @@ impl App {
                 db_path: config.db_path.clone(),
                 max_log_bytes: config.audit_max_size,
                 keep: config.audit_keep,
+                retention: Retention {
+                    max_age: config.audit_retention,
+                    max_rows: config.audit_max_rows,
+                },
             },
             metrics.clone(),
         )?;

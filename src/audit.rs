@@ -10,6 +10,13 @@
 //! written without a userspace buffer, so a killed process leaves only whole lines behind; a
 //! torn tail from a crash mid-write is cut off at the next start), then one SQLite transaction.
 //!
+//! The `corrections` table is pruned by the same thread ([`Retention`]: `audit_retention`,
+//! `audit_max_rows`): when the writer starts, every [`PRUNE_INTERVAL`] after that, and
+//! sooner when many rows have arrived. A prune is planned once (the age cut and the id cut
+//! for the row limit), then runs in steps of at most [`PRUNE_BATCH`] rows, one transaction
+//! each, with a batch of new events written between two steps, so writing never waits for
+//! more than one step. The FTS index follows by trigger, in the same transaction.
+//!
 //! The log rotates by size: `corrections.log` becomes `corrections.log.1.gz` (older ones shift
 //! to `.2.gz` … up to `keep`), compressed with flate2.
 //!
@@ -23,16 +30,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::body::mask_secret;
 use crate::metrics::{Metrics, RuleLabels};
 use crate::patch::Hit;
 use crate::rules::{Endpoint, Kind};
-use crate::store::{Correction, Store};
+use crate::store::{Correction, PrunePlan, Retention, Store};
 
 /// File names inside the log directory.
 pub const CORRECTIONS_LOG: &str = "corrections.log";
@@ -45,6 +52,14 @@ const MAX_BATCH: usize = 1024;
 /// Longest detected/corrected text written into a log line, in characters (the database row
 /// keeps the whole text).
 const MAX_LOGGED_CHARS: usize = 512;
+/// Most rows one prune step deletes (one transaction, a few milliseconds).
+pub const PRUNE_BATCH: usize = 2_000;
+/// Time between two prunes of the corrections table when few rows arrive.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
+/// A prune also starts once this many rows were written since the last one (or a tenth of
+/// `max_rows`, if smaller, but at least one batch), so the table stays near its row limit
+/// under a flood of corrections.
+const PRUNE_AFTER_ROWS: u64 = 100_000;
 
 /// One correction on its way to the writer.
 #[derive(Debug, Clone)]
@@ -70,6 +85,8 @@ pub struct AuditConfig {
     pub max_log_bytes: u64,
     /// Compressed logs kept per file.
     pub keep: usize,
+    /// How long, and how many, rows of the corrections table are kept.
+    pub retention: Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +129,7 @@ impl Audit {
             written: written.clone(),
             metrics: metrics.clone(),
             last_error: None,
+            pruner: Pruner::new(config.retention),
         };
         let handle = std::thread::Builder::new()
             .name("rawrxd-audit".into())
@@ -443,24 +461,132 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// The last error reported, so a full disk is not reported once per batch.
     last_error: Option<String>,
+    pruner: Pruner,
+}
+
+/// When the corrections table is pruned next, and the prune in progress.
+struct Pruner {
+    retention: Retention,
+    /// The prune under way: more steps to run.
+    plan: Option<PrunePlan>,
+    /// Rows deleted by the prune under way.
+    deleted: u64,
+    next_at: Instant,
+    rows_since: u64,
+    rows_trigger: u64,
+}
+
+impl Pruner {
+    fn new(retention: Retention) -> Pruner {
+        let tenth = retention
+            .max_rows
+            .map_or(PRUNE_AFTER_ROWS, |rows| rows / 10);
+        Pruner {
+            retention,
+            plan: None,
+            deleted: 0,
+            // Due at once: the first prune runs when the writer starts.
+            next_at: Instant::now(),
+            rows_since: 0,
+            rows_trigger: tenth.clamp(MAX_BATCH as u64, PRUNE_AFTER_ROWS),
+        }
+    }
+
+    /// How long the writer may wait for events before the next step is due.
+    fn wait(&self, now: Instant) -> Duration {
+        if self.retention.is_off() {
+            PRUNE_INTERVAL
+        } else if self.plan.is_some() || self.rows_since >= self.rows_trigger {
+            Duration::ZERO
+        } else {
+            self.next_at.saturating_duration_since(now)
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        !self.retention.is_off()
+            && (self.plan.is_some() || self.rows_since >= self.rows_trigger || now >= self.next_at)
+    }
+
+    fn finish(&mut self, now: Instant) {
+        self.plan = None;
+        self.deleted = 0;
+        self.rows_since = 0;
+        self.next_at = now + PRUNE_INTERVAL;
+    }
 }
 
 impl Writer {
     fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        // Ends when every sender is gone and the channel is drained.
-        while let Ok(first) = self.receiver.recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.receiver.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
+        loop {
+            // Ends when every sender is gone and the channel is drained.
+            match self.receiver.recv_timeout(self.pruner.wait(Instant::now())) {
+                Ok(first) => {
+                    batch.push(first);
+                    while batch.len() < MAX_BATCH {
+                        match self.receiver.try_recv() {
+                            Ok(event) => batch.push(event),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write(&batch);
+                    self.pruner.rows_since += batch.len() as u64;
+                    batch.clear();
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.write(&batch);
-            batch.clear();
+            // At most one bounded step between two batches.
+            self.prune_step();
         }
         tracing::debug!("audit writer stopped");
+    }
+
+    /// One step of the prune under way, or the start of a new one when it is due.
+    fn prune_step(&mut self) {
+        let now = Instant::now();
+        if !self.pruner.due(now) {
+            return;
+        }
+        let plan = match self.pruner.plan {
+            Some(plan) => plan,
+            None => {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or(Duration::ZERO)
+                    .as_millis() as i64;
+                match self.store.plan_prune(&self.pruner.retention, now_ms) {
+                    Ok(plan) if plan.is_empty() => return self.pruner.finish(now),
+                    Ok(plan) => plan,
+                    Err(error) => {
+                        self.report(format!("cannot prune the corrections table: {error}"));
+                        return self.pruner.finish(now);
+                    }
+                }
+            }
+        };
+        match self.store.prune_step(&plan, PRUNE_BATCH) {
+            Ok(deleted) => {
+                self.metrics.audit_pruned.inc_by(deleted as u64);
+                self.pruner.deleted += deleted as u64;
+                if deleted < PRUNE_BATCH {
+                    if self.pruner.deleted > 0 {
+                        tracing::info!(
+                            rows = self.pruner.deleted,
+                            "pruned old corrections (audit_retention, audit_max_rows)"
+                        );
+                    }
+                    self.pruner.finish(Instant::now());
+                } else {
+                    self.pruner.plan = Some(plan);
+                }
+            }
+            Err(error) => {
+                self.report(format!("cannot prune the corrections table: {error}"));
+                self.pruner.finish(now);
+            }
+        }
     }
 
     fn write(&mut self, batch: &[AuditEvent]) {
@@ -630,6 +756,7 @@ mod tests {
                 db_path: dir.join("rawrxd.db"),
                 max_log_bytes: 1 << 20,
                 keep: 3,
+                retention: Retention::default(),
             },
             metrics,
         )
@@ -653,5 +780,86 @@ mod tests {
             })
             .unwrap();
         assert_eq!(found.len(), 1);
+    }
+
+    #[test]
+    fn the_writer_prunes_by_age_and_rows_when_it_starts_and_the_index_follows() {
+        let dir = temp_dir("prune");
+        let db = dir.join("rawrxd.db");
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let day_ms = 86_400_000;
+        let row = |detected: String, ts_ms: i64| Correction {
+            ts: "T".into(),
+            ts_ms,
+            kind_label: "token_replacement".into(),
+            rule_id: "r".into(),
+            kind: "replace".into(),
+            mode: "enforce".into(),
+            model: "m".into(),
+            endpoint: "chat".into(),
+            confidence: 1.0,
+            detected,
+            corrected: "x".into(),
+        };
+        {
+            let mut store = Store::open(&db).unwrap();
+            // 3,000 rows 40 days old (more than one prune step), then 2,500 of today.
+            let old: Vec<_> = (0..3_000)
+                .map(|i| row(format!("stale{i} memo"), now_ms - 40 * day_ms))
+                .collect();
+            let fresh: Vec<_> = (0..2_500)
+                .map(|i| row(format!("fresh{i} memo"), now_ms - 1_000 + i))
+                .collect();
+            store.insert_corrections(&old).unwrap();
+            store.insert_corrections(&fresh).unwrap();
+        }
+        let metrics = Arc::new(Metrics::new());
+        let audit = Audit::start(
+            AuditConfig {
+                log_dir: dir.join("logs"),
+                db_path: db.clone(),
+                max_log_bytes: 1 << 20,
+                keep: 3,
+                retention: Retention {
+                    max_age: Some(Duration::from_secs(30 * 86_400)),
+                    max_rows: Some(2_000),
+                },
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let store = Store::open(&db).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.count_corrections().unwrap() > 2_000 {
+            assert!(Instant::now() < deadline, "the writer never pruned");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // New events are still written while and after pruning.
+        audit.record(event(Kind::Replace, "newest memo", "x"));
+        audit.close();
+        let search = |words: &str| {
+            store
+                .search_corrections(&crate::store::CorrectionQuery {
+                    text: Some(words.into()),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .unwrap()
+        };
+        assert!(search("stale0").is_empty(), "a pruned row is still found");
+        assert!(search("stale2999").is_empty());
+        assert!(search("fresh499").is_empty(), "past the row limit");
+        assert_eq!(search("fresh500").len(), 1, "the newest 2,000 stay");
+        assert_eq!(search("fresh2499").len(), 1);
+        assert_eq!(search("newest").len(), 1);
+        assert_eq!(store.count_corrections().unwrap(), 2_001);
+        store.check_corrections_index().unwrap();
+        assert_eq!(metrics.audit_pruned.get(), 3_500);
+        assert!(metrics
+            .render()
+            .contains("rawrxd_audit_rows_pruned_total 3500"));
     }
 }

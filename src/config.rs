@@ -162,6 +162,10 @@ pub struct RawProxy {
     pub allowed_origins: StringList,
     /// Host names (besides localhost, IP addresses and this machine's name) clients may use.
     pub allowed_hosts: StringList,
+    /// How long rows of the `corrections` table are kept ("90d"; "0" or "off": no age limit).
+    pub audit_retention: Age,
+    /// Most rows kept in the `corrections` table, the newest (0: no row limit).
+    pub audit_max_rows: u64,
 }
 
 impl Default for RawProxy {
@@ -183,6 +187,41 @@ impl Default for RawProxy {
             api_keys: StringList::default(),
             allowed_origins: StringList::default(),
             allowed_hosts: StringList::default(),
+            audit_retention: Age::Text("90d".into()),
+            audit_max_rows: 1_000_000,
+        }
+    }
+}
+
+/// An age written as text ("90d", "12h"), or "0"/"off" (also the number 0) for no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Age {
+    Number(u64),
+    Text(String),
+}
+
+impl Age {
+    /// The age, `None` when switched off, or a message saying what is wrong with the text.
+    pub fn to_duration(&self) -> Result<Option<Duration>, String> {
+        let text = match self {
+            Age::Number(0) => return Ok(None),
+            Age::Number(n) => {
+                return Err(format!(
+                    "{n} has no unit; write an age such as \"30d\" (or \"off\")"
+                ))
+            }
+            Age::Text(text) => text.trim(),
+        };
+        if matches!(text.to_ascii_lowercase().as_str(), "0" | "off" | "none") {
+            return Ok(None);
+        }
+        match humantime::parse_duration(text) {
+            Ok(age) if age.is_zero() => Ok(None),
+            Ok(age) => Ok(Some(age)),
+            Err(e) => Err(format!(
+                "{text:?}: {e} (write an age such as \"30d\", or \"off\")"
+            )),
         }
     }
 }
@@ -403,6 +442,10 @@ pub struct ProxyConfig {
     pub access: Access,
     pub audit_max_size: u64,
     pub audit_keep: usize,
+    /// Corrections older than this are pruned (`None`: kept whatever their age).
+    pub audit_retention: Option<Duration>,
+    /// Only the newest this many corrections are kept (`None`: no row limit).
+    pub audit_max_rows: Option<u64>,
 }
 
 impl RawProxy {
@@ -446,6 +489,19 @@ impl RawProxy {
         let header_timeout = duration("header_timeout", &self.header_timeout);
         let connect_timeout = duration("connect_timeout", &self.connect_timeout);
         let shutdown_grace = duration("shutdown_grace", &self.shutdown_grace);
+        let audit_retention = self
+            .audit_retention
+            .to_duration()
+            .map_err(|e| errors.push(format!("proxy.audit_retention: {e}")))
+            .unwrap_or_default();
+        let audit_max_rows = match self.audit_max_rows {
+            0 => None,
+            n if i64::try_from(n).is_err() => {
+                errors.push(format!("proxy.audit_max_rows: {n} is too large"));
+                None
+            }
+            n => Some(n),
+        };
         if self.max_connections == 0 {
             errors.push("proxy.max_connections must be at least 1".into());
         }
@@ -500,6 +556,8 @@ impl RawProxy {
                 access,
                 audit_max_size,
                 audit_keep: self.audit_keep,
+                audit_retention,
+                audit_max_rows,
             }),
             _ => Err(ConfigError::Invalid(errors)),
         }
@@ -548,6 +606,98 @@ mod tests {
         assert!(errors.iter().any(|e| e.starts_with("proxy.upstream")));
         assert!(errors.iter().any(|e| e.starts_with("proxy.header_timeout")));
         assert!(errors.iter().any(|e| e.starts_with("proxy.max_body")));
+    }
+
+    #[test]
+    fn audit_retention_takes_an_age_or_off_and_rows_zero_means_no_limit() {
+        let config = RawProxy::default().validate().unwrap();
+        assert_eq!(
+            config.audit_retention,
+            Some(Duration::from_secs(90 * 24 * 3600))
+        );
+        assert_eq!(config.audit_max_rows, Some(1_000_000));
+        for off in [
+            Age::Number(0),
+            Age::Text("0".into()),
+            Age::Text("off".into()),
+            Age::Text("0s".into()),
+        ] {
+            let raw = RawProxy {
+                audit_retention: off.clone(),
+                audit_max_rows: 0,
+                ..RawProxy::default()
+            };
+            let config = raw.validate().unwrap();
+            assert_eq!(config.audit_retention, None, "{off:?}");
+            assert_eq!(config.audit_max_rows, None);
+        }
+        let raw = RawProxy {
+            audit_retention: Age::Text("30 days".into()),
+            ..RawProxy::default()
+        };
+        assert_eq!(
+            raw.validate().unwrap().audit_retention,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        let raw = RawProxy {
+            audit_retention: Age::Number(30),
+            audit_max_rows: u64::MAX,
+            max_connections: 0,
+            ..RawProxy::default()
+        };
+        let ConfigError::Invalid(errors) = raw.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors
+            .iter()
+            .any(|e| e.starts_with("proxy.audit_retention: 30 has no unit")));
+        assert!(errors.iter().any(|e| e.starts_with("proxy.audit_max_rows")));
+        let raw = RawProxy {
+            audit_retention: Age::Text("a while".into()),
+            ..RawProxy::default()
+        };
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("proxy.audit_retention: \"a while\""), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
+    fn audit_retention_comes_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "rawrxd.toml",
+                "[proxy]\naudit_retention = \"7d\"\naudit_max_rows = 500\n",
+            )?;
+            let config = load(None, &ProxyOverrides::default())
+                .unwrap()
+                .proxy
+                .validate()
+                .unwrap();
+            assert_eq!(
+                config.audit_retention,
+                Some(Duration::from_secs(7 * 86_400))
+            );
+            assert_eq!(config.audit_max_rows, Some(500));
+            // The environment's "0" arrives as a number.
+            jail.set_env("RAWRXD_PROXY_AUDIT_RETENTION", "0");
+            jail.set_env("RAWRXD_PROXY_AUDIT_MAX_ROWS", "0");
+            let config = load(None, &ProxyOverrides::default())
+                .unwrap()
+                .proxy
+                .validate()
+                .unwrap();
+            assert_eq!(config.audit_retention, None);
+            assert_eq!(config.audit_max_rows, None);
+            jail.set_env("RAWRXD_PROXY_AUDIT_RETENTION", "12h");
+            let config = load(None, &ProxyOverrides::default())
+                .unwrap()
+                .proxy
+                .validate()
+                .unwrap();
+            assert_eq!(config.audit_retention, Some(Duration::from_secs(12 * 3600)));
+            Ok(())
+        });
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub patching_enabled: Gauge,
     pub audit_written: Counter,
     pub audit_dropped: Counter,
+    pub audit_pruned: Counter,
     pub bytes_to_clients: Counter,
 }
 
@@ -85,6 +86,7 @@ impl Metrics {
         let patching_enabled = Gauge::default();
         let audit_written = Counter::default();
         let audit_dropped = Counter::default();
+        let audit_pruned = Counter::default();
         let bytes_to_clients = Counter::default();
         registry.register(
             "requests",
@@ -137,6 +139,11 @@ impl Metrics {
             audit_dropped.clone(),
         );
         registry.register(
+            "audit_rows_pruned",
+            "Rows of the corrections table deleted by retention (audit_retention, audit_max_rows)",
+            audit_pruned.clone(),
+        );
+        registry.register(
             "bytes_to_clients",
             "Response body bytes sent to clients",
             bytes_to_clients.clone(),
@@ -155,6 +162,7 @@ impl Metrics {
             patching_enabled,
             audit_written,
             audit_dropped,
+            audit_pruned,
             bytes_to_clients,
         }
     }

@@ -142,6 +142,37 @@ pub struct CorrectionQuery {
     pub limit: usize,
 }
 
+/// How long, and how many, corrections are kept; see [`Store::plan_prune`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Rows older than this go (`None`: kept whatever their age).
+    pub max_age: Option<Duration>,
+    /// Only the newest this many rows stay (`None`: no row limit).
+    pub max_rows: Option<u64>,
+}
+
+impl Retention {
+    /// True when nothing is ever pruned.
+    pub fn is_off(&self) -> bool {
+        self.max_age.is_none() && self.max_rows.is_none()
+    }
+}
+
+/// What one prune of the corrections table removes, fixed when the prune starts: rows
+/// stamped before `before_ms` and rows with an id up to `through_id` (the oldest ones past
+/// the row limit). Rows written after the plan was made are never in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunePlan {
+    pub before_ms: Option<i64>,
+    pub through_id: Option<i64>,
+}
+
+impl PrunePlan {
+    pub fn is_empty(&self) -> bool {
+        self.before_ms.is_none() && self.through_id.is_none()
+    }
+}
+
 pub struct Store {
     conn: Connection,
 }
@@ -442,6 +473,110 @@ impl Store {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// What a prune at `now_ms` (Unix milliseconds) must remove to honour `retention`.
+    ///
+    /// The row limit keeps the rows among the newest `max_rows` ids: ids only grow (the
+    /// writer is the only inserter), so that is the newest `max_rows` rows, or fewer when
+    /// some of them were already pruned by age. Two index lookups (`MIN(id)`, `MAX(id)`), so
+    /// planning costs nothing however large the table is (walking a million ids to count them
+    /// exactly took ~230 ms, all of it a pause in writing).
+    pub fn plan_prune(&self, retention: &Retention, now_ms: i64) -> Result<PrunePlan, StoreError> {
+        let before_ms = retention
+            .max_age
+            .map(|age| now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
+        let through_id = match retention.max_rows {
+            None => None,
+            Some(max_rows) => {
+                let max_rows = i64::try_from(max_rows).unwrap_or(i64::MAX);
+                let (min, max): (Option<i64>, Option<i64>) = self.conn.query_row(
+                    // Two subqueries: SQLite answers a lone MIN or MAX from the index,
+                    // but scans the table for `SELECT MIN(id), MAX(id)`.
+                    "SELECT (SELECT MIN(id) FROM corrections), (SELECT MAX(id) FROM corrections)",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?;
+                match (min, max) {
+                    (Some(min), Some(max)) if max.saturating_sub(min) >= max_rows => {
+                        Some(max - max_rows)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        Ok(PrunePlan {
+            before_ms,
+            through_id,
+        })
+    }
+
+    /// Deletes at most `limit` rows of `plan` (oldest first) in one transaction, and returns
+    /// how many went; fewer than `limit` means the plan is done. The FTS index follows through
+    /// the `corrections_ad` trigger (migrations/0001_init.sql), in the same transaction.
+    pub fn prune_step(&mut self, plan: &PrunePlan, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut deleted: i64 = 0;
+        if let Some(through_id) = plan.through_id {
+            deleted += tx.execute(
+                "DELETE FROM corrections WHERE id IN (
+                     SELECT id FROM corrections WHERE id <= ?1 ORDER BY id LIMIT ?2)",
+                params![through_id, limit],
+            )? as i64;
+        }
+        if let Some(before_ms) = plan.before_ms.filter(|_| deleted < limit) {
+            deleted += tx.execute(
+                "DELETE FROM corrections WHERE id IN (
+                     SELECT id FROM corrections WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
+                params![before_ms, limit - deleted],
+            )? as i64;
+        }
+        tx.commit()?;
+        Ok(usize::try_from(deleted).unwrap_or(0))
+    }
+
+    /// Plans and runs a whole prune in steps of `batch` rows; returns the rows deleted.
+    pub fn prune_corrections(
+        &mut self,
+        retention: &Retention,
+        now_ms: i64,
+        batch: usize,
+    ) -> Result<u64, StoreError> {
+        let plan = self.plan_prune(retention, now_ms)?;
+        let mut total = 0;
+        if plan.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let deleted = self.prune_step(&plan, batch.max(1))?;
+            total += deleted as u64;
+            if deleted < batch.max(1) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Rows in the corrections table.
+    pub fn count_corrections(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM corrections", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)?)
+    }
+
+    /// FTS5's `integrity-check` of the corrections index against the table (external content
+    /// checked too, rank 1): `Ok` when the index holds exactly the table's rows.
+    pub fn check_corrections_index(&self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO corrections_fts (corrections_fts, rank) VALUES ('integrity-check', 1)",
+            [],
+        )?;
         Ok(())
     }
 
@@ -746,5 +881,172 @@ mod tests {
         assert_eq!(search(None, Some("words"), None).len(), 2);
         assert_eq!(search(None, None, Some(2500)), vec!["quote \" inside"]);
         assert_eq!(search(Some("gemma3"), None, None).len(), 3);
+    }
+
+    fn correction(detected: &str, ts_ms: i64) -> Correction {
+        Correction {
+            ts: "2025-01-20T14:32:45Z".into(),
+            ts_ms,
+            kind_label: "token_replacement".into(),
+            rule_id: "words".into(),
+            kind: "replace".into(),
+            mode: "enforce".into(),
+            model: "gemma3:270m".into(),
+            endpoint: "chat".into(),
+            confidence: 1.0,
+            detected: detected.into(),
+            corrected: "fixed".into(),
+        }
+    }
+
+    fn found(store: &Store, words: &str) -> Vec<String> {
+        store
+            .search_corrections(&CorrectionQuery {
+                text: Some(words.into()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|c| c.detected)
+            .collect()
+    }
+
+    const DAY_MS: i64 = 86_400_000;
+
+    #[test]
+    fn pruning_drops_old_rows_keeps_the_newest_and_the_index_follows() {
+        let mut store = Store::open(&temp_db("prune")).unwrap();
+        let now = 1_000 * DAY_MS;
+        // 40 rows 100 days old, then 200 recent ones (ids grow with time).
+        let old: Vec<_> = (0..40)
+            .map(|i| correction(&format!("ancient{i} memo"), now - 100 * DAY_MS + i))
+            .collect();
+        let recent: Vec<_> = (0..200)
+            .map(|i| correction(&format!("recent{i} memo"), now - DAY_MS + i))
+            .collect();
+        store.insert_corrections(&old).unwrap();
+        store.insert_corrections(&recent).unwrap();
+        assert_eq!(found(&store, "ancient7").len(), 1);
+
+        // Nothing to do: within age and rows.
+        let lenient = Retention {
+            max_age: Some(Duration::from_secs(365 * 86_400)),
+            max_rows: Some(1_000),
+        };
+        assert!(store
+            .plan_prune(&lenient, now)
+            .unwrap()
+            .through_id
+            .is_none());
+        assert_eq!(store.prune_corrections(&lenient, now, 7).unwrap(), 0);
+
+        // By age, in steps of 7 rows: every old row goes, every recent one stays.
+        let by_age = Retention {
+            max_age: Some(Duration::from_secs(30 * 86_400)),
+            max_rows: None,
+        };
+        assert_eq!(store.prune_corrections(&by_age, now, 7).unwrap(), 40);
+        assert_eq!(store.count_corrections().unwrap(), 200);
+        assert!(
+            found(&store, "ancient7").is_empty(),
+            "FTS still finds a pruned row"
+        );
+        assert!(found(&store, "ancient").is_empty());
+        assert_eq!(found(&store, "memo").len(), 200);
+        store.check_corrections_index().unwrap();
+
+        // By rows: the newest 50 stay.
+        let by_rows = Retention {
+            max_age: None,
+            max_rows: Some(50),
+        };
+        let plan = store.plan_prune(&by_rows, now).unwrap();
+        assert!(plan.through_id.is_some());
+        // One bounded step deletes no more than its limit.
+        assert_eq!(store.prune_step(&plan, 30).unwrap(), 30);
+        assert_eq!(store.count_corrections().unwrap(), 170);
+        assert_eq!(store.prune_corrections(&by_rows, now, 30).unwrap(), 120);
+        let kept: Vec<String> = found(&store, "memo");
+        let newest: Vec<String> = (150..200)
+            .rev()
+            .map(|i| format!("recent{i} memo"))
+            .collect();
+        assert_eq!(kept, newest);
+        assert!(found(&store, "recent149").is_empty());
+        assert_eq!(found(&store, "recent150").len(), 1);
+        store.check_corrections_index().unwrap();
+
+        // Rows written after a plan are not in it.
+        let plan = store.plan_prune(&by_rows, now).unwrap();
+        assert_eq!(plan.through_id, None, "exactly at the limit");
+        store
+            .insert_corrections(&[correction("latest memo", now)])
+            .unwrap();
+        let plan = store.plan_prune(&by_rows, now).unwrap();
+        assert_eq!(store.prune_step(&plan, 100).unwrap(), 1);
+        assert_eq!(found(&store, "latest").len(), 1);
+        assert!(found(&store, "recent150").is_empty());
+        assert_eq!(store.count_corrections().unwrap(), 50);
+
+        // Off: nothing planned.
+        assert!(store
+            .plan_prune(&Retention::default(), now)
+            .unwrap()
+            .is_empty());
+        store.check_corrections_index().unwrap();
+    }
+
+    #[test]
+    fn rows_pruned_by_age_out_of_order_never_let_the_table_exceed_the_row_limit() {
+        // Every third row carries an old timestamp (a clock that jumped): age pruning leaves
+        // gaps among the newest ids, and the row limit still holds.
+        let mut store = Store::open(&temp_db("gaps")).unwrap();
+        let now = 1_000 * DAY_MS;
+        let rows: Vec<_> = (0..120)
+            .map(|i| {
+                let ts = if i % 3 == 0 { now - 100 * DAY_MS } else { now };
+                correction(&format!("row{i} memo"), ts)
+            })
+            .collect();
+        store.insert_corrections(&rows).unwrap();
+        let retention = Retention {
+            max_age: Some(Duration::from_secs(30 * 86_400)),
+            max_rows: Some(50),
+        };
+        store.prune_corrections(&retention, now, 16).unwrap();
+        let kept = found(&store, "memo");
+        assert!(kept.len() <= 50, "{}", kept.len());
+        assert_eq!(kept.len(), 34, "the fresh rows among the newest 50 ids");
+        assert!(kept.iter().all(|d| {
+            let i: usize = d[3..d.len() - 5].parse().unwrap();
+            i >= 70 && i % 3 != 0
+        }));
+        // Again, with new rows: still bounded, still the newest.
+        let more: Vec<_> = (120..200)
+            .map(|i| correction(&format!("row{i} memo"), now))
+            .collect();
+        store.insert_corrections(&more).unwrap();
+        store.prune_corrections(&retention, now, 16).unwrap();
+        assert_eq!(store.count_corrections().unwrap(), 50);
+        assert_eq!(found(&store, "row150").len(), 1);
+        assert!(found(&store, "row149").is_empty());
+        store.check_corrections_index().unwrap();
+    }
+
+    #[test]
+    fn the_index_check_notices_an_index_out_of_step() {
+        // A deletion that bypasses the trigger leaves the FTS index behind; the check used by
+        // the pruning tests must see that, or it proves nothing.
+        let mut store = Store::open(&temp_db("fts-check")).unwrap();
+        store
+            .insert_corrections(&[correction("alpha", 1), correction("beta", 2)])
+            .unwrap();
+        store.check_corrections_index().unwrap();
+        store
+            .conn
+            .execute_batch("DROP TRIGGER corrections_ad; DELETE FROM corrections WHERE id = 1;")
+            .unwrap();
+        assert!(store.check_corrections_index().is_err());
     }
 }

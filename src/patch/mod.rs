@@ -5,6 +5,13 @@
 //! asks it for the [`Compiled`] stages that apply to its model and endpoint (cached per set of
 //! applicable rules), and opens one [`Session`] per text field it patches.
 //!
+//! **Both caches are bounded, whatever clients send.** The model name comes from the request
+//! body, so a client controls it: the (model, endpoint) memo keeps at most
+//! [`MAX_REMEMBERED_REQUESTS`] entries and only names up to [`MAX_REMEMBERED_MODEL_LEN`] bytes
+//! (longer ones are matched against the globs every time), and the compiled stages are kept
+//! for at most [`MAX_COMPILED_SETS`] distinct sets of applicable rules. A full cache starts
+//! over (requests keep the `Arc`s they hold).
+//!
 //! Stages run in a fixed order, each on the previous one's output:
 //! 1. `redact` rules (file order) — secrets are masked before anything else looks at the text;
 //! 2. `block` rules (literals together, then patterns in file order);
@@ -114,7 +121,12 @@ pub struct Pipeline {
 type RequestKey = (String, Option<Endpoint>);
 
 /// Distinct (model, endpoint) pairs remembered before the memo starts over.
-const MAX_REMEMBERED_REQUESTS: usize = 1024;
+pub const MAX_REMEMBERED_REQUESTS: usize = 1024;
+/// Longest model name (bytes) whose selection is remembered; no real model name comes close.
+pub const MAX_REMEMBERED_MODEL_LEN: usize = 256;
+/// Distinct sets of applicable rules kept compiled before that cache starts over (model globs
+/// can split the rules into many sets; each set's automata can take megabytes).
+pub const MAX_COMPILED_SETS: usize = 64;
 
 fn is_response_side(kind: Kind) -> bool {
     matches!(
@@ -241,6 +253,9 @@ impl Pipeline {
 
     /// The compiled stages for a request, or `None` when no response-side rule applies.
     pub fn select(&self, model: &str, endpoint: Option<Endpoint>) -> Option<Arc<Compiled>> {
+        if model.len() > MAX_REMEMBERED_MODEL_LEN {
+            return self.select_uncached(model, endpoint);
+        }
         let key = (model.to_string(), endpoint);
         if let Some(known) = self
             .by_request
@@ -277,6 +292,9 @@ impl Pipeline {
         match self.compile(&active) {
             Ok(compiled) => {
                 let compiled = Arc::new(compiled);
+                if cache.len() >= MAX_COMPILED_SETS {
+                    cache.clear();
+                }
                 cache.insert(active, compiled.clone());
                 Some(compiled)
             }

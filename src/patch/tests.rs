@@ -174,6 +174,61 @@ fn shadow_rules_report_but_do_not_change_or_delay() {
 }
 
 #[test]
+fn selection_caches_stay_bounded_whatever_model_names_clients_send() {
+    // One rule for every model, and one rule each for models named `family-N-*` (N < 70):
+    // names can pick 71 distinct sets of rules, more than the compiled cache keeps.
+    let mut rules = vec![replace("all", "a", "b")];
+    for n in 0..70 {
+        rules.push(Rule {
+            models: vec![format!("family-{n}-*")],
+            ..replace(&format!("f{n}"), &format!("w{n}"), "x")
+        });
+    }
+    let pipeline = Pipeline::new(rules).unwrap();
+    let sizes = |p: &Pipeline| {
+        (
+            p.by_request.lock().unwrap().len(),
+            p.cache.lock().unwrap().len(),
+        )
+    };
+    // Random names, as a hostile client would send.
+    for i in 0..5_000 {
+        let model = format!("random-model-{i}");
+        assert!(pipeline.select(&model, Some(Endpoint::Chat)).is_some());
+        let (memo, compiled) = sizes(&pipeline);
+        assert!(memo <= MAX_REMEMBERED_REQUESTS, "{memo}");
+        assert!(compiled <= MAX_COMPILED_SETS, "{compiled}");
+    }
+    // Names that select different rule sets: the compiled cache starts over instead of growing.
+    for round in 0..2 {
+        for n in 0..70 {
+            let selected = pipeline
+                .select(&format!("family-{n}-{round}"), None)
+                .unwrap();
+            assert_eq!(selected.apply(&format!("a w{n}")).text, "b x");
+            assert!(sizes(&pipeline).1 <= MAX_COMPILED_SETS);
+        }
+    }
+    // A huge name is matched (it still gets its rules) but never stored.
+    let memo_before = sizes(&pipeline).0;
+    let huge = format!("family-7-{}", "z".repeat(64 << 10));
+    let selected = pipeline.select(&huge, None).unwrap();
+    assert_eq!(selected.apply("w7").text, "x");
+    assert_eq!(
+        sizes(&pipeline).0,
+        memo_before,
+        "a long name was remembered"
+    );
+    let longest_kept = "m".repeat(MAX_REMEMBERED_MODEL_LEN);
+    pipeline.select(&longest_kept, None);
+    assert!(pipeline
+        .by_request
+        .lock()
+        .unwrap()
+        .contains_key(&(longest_kept, None)));
+}
+
+#[test]
 fn thousands_of_literals_in_one_automaton() {
     let rules: Vec<Rule> = (0..2000)
         .map(|i| replace(&format!("r{i}"), &format!("word{i}x"), &format!("W{i}")))

@@ -487,20 +487,36 @@ mod tests {
         assert!(tx.is_closed());
     }
 
-    /// Pins the error → status mapping clients rely on.
+    /// Pins the error → status mapping clients rely on, for every variant. The macro builds
+    /// one value of each listed variant and a `match` over the listed variants with no
+    /// wildcard arm, so a new variant does not compile until it is listed here with its status.
     #[test]
     fn status_mapping() {
-        let cases = [
-            (ServeError::BadRequest("x".into()), 400),
-            (ServeError::NotFound("x".into()), 404),
-            (ServeError::MethodNotAllowed, 405),
-            (ServeError::TooLarge(1), 413),
-            (ServeError::Busy("x".into()), 503),
-            (ServeError::Internal("x".into()), 500),
-            (ServeError::Unauthorized("x".into()), 401),
-            (ServeError::Forbidden("x".into()), 403),
-            (ServeError::UnsupportedMediaType, 415),
-        ];
+        macro_rules! pinned {
+            ($($variant:ident $(($arg:expr))? => $status:literal,)*) => {{
+                fn pinned(error: &ServeError) -> u16 {
+                    match error {
+                        $(ServeError::$variant { .. } => $status,)*
+                    }
+                }
+                [$(ServeError::$variant $(($arg))?,)*].map(|error| {
+                    let status = pinned(&error);
+                    (error, status)
+                })
+            }};
+        }
+        let cases = pinned! {
+            BadRequest("x".into()) => 400,
+            NotFound("x".into()) => 404,
+            MethodNotAllowed => 405,
+            TooLarge(1) => 413,
+            Busy("x".into()) => 503,
+            Conflict("x".into()) => 409,
+            Internal("x".into()) => 500,
+            Unauthorized("x".into()) => 401,
+            Forbidden("x".into()) => 403,
+            UnsupportedMediaType => 415,
+        };
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
         }
