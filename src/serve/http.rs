@@ -50,6 +50,14 @@ pub enum ServeError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// A size limit other than the request body's (`serve.max_model_size`).
+    #[error("{0}")]
+    OverLimit(String),
+    /// Not enough free disk space for what the request would write.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 impl ServeError {
@@ -62,12 +70,17 @@ impl ServeError {
             ServeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Conflict(_) => StatusCode::CONFLICT,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServeError::OverLimit(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
     fn openai_type(&self) -> &'static str {
         match self {
-            ServeError::Internal(_) | ServeError::Busy(_) => "server_error",
+            ServeError::Internal(_) | ServeError::Busy(_) | ServeError::NoSpace(_) => {
+                "server_error"
+            }
             ServeError::NotFound(_) => "not_found_error",
             _ => "invalid_request_error",
         }
@@ -406,7 +419,11 @@ mod tests {
             (ServeError::MethodNotAllowed, 405),
             (ServeError::TooLarge(1), 413),
             (ServeError::Busy("x".into()), 503),
+            (ServeError::Conflict("x".into()), 409),
             (ServeError::Internal("x".into()), 500),
+            (ServeError::Forbidden("x".into()), 403),
+            (ServeError::OverLimit("x".into()), 413),
+            (ServeError::NoSpace("x".into()), 507),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
