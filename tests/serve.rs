@@ -1902,10 +1902,7 @@ fn paths_outside_import_dirs_are_refused_exactly_like_missing_ones() {
     std::os::unix::fs::symlink(outside.join("outside.gguf"), allowed.join("escape.gguf")).unwrap();
     std::os::unix::fs::symlink(&outside, allowed.join("dir-escape")).unwrap();
     std::os::unix::fs::symlink(allowed.join("inside.gguf"), allowed.join("alias.gguf")).unwrap();
-    let addr = launch_configured(
-        &models,
-        &format!("import_dirs = [{}]", toml_path(&allowed)),
-    );
+    let addr = launch_configured(&models, &format!("import_dirs = [{}]", toml_path(&allowed)));
     let show = |p: PathBuf| p.display().to_string();
     // A real file under $HOME, named with `~/` (the test model lives in ~/.cache by default).
     let home = PathBuf::from(std::env::var_os("HOME").unwrap());
@@ -1943,7 +1940,11 @@ fn paths_outside_import_dirs_are_refused_exactly_like_missing_ones() {
     };
     let reference = pull(&missing, false);
     assert_eq!(reference.status, 404, "{}", reference.text());
-    assert!(reference.text().contains(NOT_IMPORTABLE), "{}", reference.text());
+    assert!(
+        reference.text().contains(NOT_IMPORTABLE),
+        "{}",
+        reference.text()
+    );
     let create_reference = post_to(addr, "/api/create", &creates(&missing)[0]);
     assert_eq!(create_reference.status, 404, "{}", create_reference.text());
     assert!(create_reference.text().contains(NOT_IMPORTABLE));
@@ -1960,7 +1961,11 @@ fn paths_outside_import_dirs_are_refused_exactly_like_missing_ones() {
         // `model` itself as the path (named after its file).
         let reply = post_to(addr, "/api/pull", &json!({"model": path}));
         if path.ends_with(".gguf") || path.starts_with(['/', '~']) || path.starts_with("./") {
-            assert_eq!((reply.status, &reply.body), (404, &reference.body), "{path}");
+            assert_eq!(
+                (reply.status, &reply.body),
+                (404, &reference.body),
+                "{path}"
+            );
         }
         for body in creates(path) {
             let reply = post_to(addr, "/api/create", &body);
@@ -2002,7 +2007,9 @@ fn paths_outside_import_dirs_are_refused_exactly_like_missing_ones() {
         assert_eq!(std::fs::metadata(&blob).unwrap().nlink(), 1);
     }
     let names = tag_names(addr);
-    assert!(names.contains(&"in:latest".to_string()) && names.contains(&"alias:latest".to_string()));
+    assert!(
+        names.contains(&"in:latest".to_string()) && names.contains(&"alias:latest".to_string())
+    );
 
     // Without import_dirs (the default) even the test model's own path is refused.
     let plain = fresh_dir("imports-default");
@@ -2015,7 +2022,11 @@ fn paths_outside_import_dirs_are_refused_exactly_like_missing_ones() {
     assert_eq!(reply.status, 404, "{}", reply.text());
     assert!(reply.text().contains(NOT_IMPORTABLE));
     // A model name still works as `from`.
-    let lines = ndjson(addr, "/api/create", json!({"model": "again", "from": MODEL}));
+    let lines = ndjson(
+        addr,
+        "/api/create",
+        json!({"model": "again", "from": MODEL}),
+    );
     assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
     std::fs::remove_dir_all(plain).unwrap();
     std::fs::remove_dir_all(root).unwrap();
@@ -2113,7 +2124,11 @@ fn pulls_to_loopback_are_refused_unless_allowed_and_every_redirect_is_checked() 
         "/api/pull",
         &json!({"model": "http://169.254.169.254/x.gguf", "stream": false}),
     );
-    assert!(metadata.text().contains("cloud metadata address"), "{}", metadata.text());
+    assert!(
+        metadata.text().contains("cloud metadata address"),
+        "{}",
+        metadata.text()
+    );
     assert!(
         files.ranges.lock().unwrap().is_empty(),
         "no request reached the file server"
@@ -2152,7 +2167,10 @@ fn pulls_to_loopback_are_refused_unless_allowed_and_every_redirect_is_checked() 
         let (hop, hits) = redirect_server(move |_| location.clone());
         let url = format!("http://localhost:{}/go.gguf", hop.port());
         let lines = ndjson(named, "/api/pull", json!({"model": "r", "from": url}));
-        let error = lines.last().unwrap()["error"].as_str().unwrap_or("").to_string();
+        let error = lines.last().unwrap()["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         assert!(
             error.starts_with("pull from 127.0.0.1 refused: loopback address")
                 || error.starts_with("pull from ::ffff:127.0.0.1 refused: loopback address"),
@@ -2182,7 +2200,11 @@ fn pulls_to_loopback_are_refused_unless_allowed_and_every_redirect_is_checked() 
         &json!({"model": "loop", "from": format!("http://localhost:{}/x.gguf", hop.port()),
                 "stream": false}),
     );
-    assert!(reply.text().contains("more than 5 redirects"), "{}", reply.text());
+    assert!(
+        reply.text().contains("more than 5 redirects"),
+        "{}",
+        reply.text()
+    );
     for d in [dir, open_dir, named_dir] {
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -2297,7 +2319,7 @@ fn model_size_cap_and_free_space_are_enforced() {
         .contains("max_model_size"));
     // Without a size (close-delimited body): cut off at the cap, the partial file deleted.
     let body = big.clone();
-    let unsized = raw_server(move || {
+    let sizeless = raw_server(move || {
         let mut reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
         reply.extend_from_slice(&body);
         reply
@@ -2306,7 +2328,7 @@ fn model_size_cap_and_free_space_are_enforced() {
     let reply = post_to(
         addr,
         "/api/pull",
-        &json!({"model": "big", "from": format!("http://{unsized}/big.gguf"), "stream": false}),
+        &json!({"model": "big", "from": format!("http://{sizeless}/big.gguf"), "stream": false}),
     );
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert_eq!(blob_entries(&dir), vec![format!("sha256-{small_hex}")]);
@@ -2336,14 +2358,22 @@ fn model_size_cap_and_free_space_are_enforced() {
         "",
     );
     assert_eq!(reply.status, 507, "{}", reply.text());
-    assert!(reply.text().contains("not enough disk space"), "{}", reply.text());
+    assert!(
+        reply.text().contains("not enough disk space"),
+        "{}",
+        reply.text()
+    );
     let reply = post_to(
         full,
         "/api/pull",
         &json!({"model": "small", "from": files.url("small.gguf"), "stream": false}),
     );
     assert_eq!(reply.status, 507, "{}", reply.text());
-    assert!(blob_entries(&full_dir).is_empty(), "{:?}", blob_entries(&full_dir));
+    assert!(
+        blob_entries(&full_dir).is_empty(),
+        "{:?}",
+        blob_entries(&full_dir)
+    );
     std::fs::remove_dir_all(full_dir).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -111,12 +111,7 @@ fn classify_v4(ip: Ipv4Addr) -> Class {
 /// `64:ff9b:1::/48`) and 6to4 (`2002:AABB:CCDD::/48`).
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
-    let low = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }
@@ -239,9 +234,9 @@ impl PullPolicy {
                 policy.nets.push(ipnet::IpNet::from(ip));
             } else if !text.is_empty()
                 && text.len() <= 253
-                && text
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                && text.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
             {
                 policy.names.push(text);
             } else {
@@ -369,9 +364,7 @@ impl Puller {
                 "pull from {url} refused: only http and https URLs can be pulled"
             ));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| format!("{url} has no host"))?;
+        let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
         match normal_host(host).parse::<IpAddr>() {
             Ok(ip) => self
                 .policy
@@ -500,7 +493,9 @@ mod tests {
         );
         let named = default.check("Mirror.LAN.", ip("192.168.1.9")).unwrap_err();
         assert!(
-            named.to_string().starts_with("pull from mirror.lan (192.168.1.9) refused"),
+            named
+                .to_string()
+                .starts_with("pull from mirror.lan (192.168.1.9) refused"),
             "{named}"
         );
         assert!(default
@@ -513,7 +508,9 @@ mod tests {
         assert!(private.check("x", ip("100.64.1.1")).is_ok());
         let metadata = private.check("x", ip("169.254.169.254")).unwrap_err();
         assert!(
-            metadata.to_string().contains("cloud metadata address; only listing"),
+            metadata
+                .to_string()
+                .contains("cloud metadata address; only listing"),
             "{metadata}"
         );
         assert!(private.check("x", ip("fd00:ec2::254")).is_err());
@@ -531,7 +528,10 @@ mod tests {
         )
         .unwrap();
         assert!(listed.check("127.0.0.1", ip("127.0.0.1")).is_ok());
-        assert!(listed.check("x", ip("::ffff:127.0.0.1")).is_ok(), "mapped form");
+        assert!(
+            listed.check("x", ip("::ffff:127.0.0.1")).is_ok(),
+            "mapped form"
+        );
         assert!(listed.check("127.0.0.2", ip("127.0.0.2")).is_err());
         assert!(listed.check("mirror.lan", ip("10.9.9.9")).is_ok());
         assert!(listed.check("other.lan", ip("10.9.9.9")).is_err());

@@ -119,7 +119,10 @@ mod tests {
         let show = |p: PathBuf| p.display().to_string();
 
         let ok = open_importable(&show(allowed.join("sub/../sub/m.gguf")), &dirs).unwrap();
-        assert_eq!(ok.path, std::fs::canonicalize(allowed.join("sub/m.gguf")).unwrap());
+        assert_eq!(
+            ok.path,
+            std::fs::canonicalize(allowed.join("sub/m.gguf")).unwrap()
+        );
         assert_eq!(ok.len, 4);
         for refused in [
             show(outside.join("secret")),

@@ -96,7 +96,10 @@ impl Files {
             human(self.max_model_size)
         );
         ServeError::OverLimit(match size {
-            Some(size) => format!("{what} is {size} bytes ({}), more than {limit}", human(size)),
+            Some(size) => format!(
+                "{what} is {size} bytes ({}), more than {limit}",
+                human(size)
+            ),
             None => format!("{what} is larger than {limit}"),
         })
     }
@@ -574,10 +577,13 @@ async fn get_following(
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let response = request.send().await.map_err(|e| match egress::refusal(&e) {
-            Some(refused) => Fetch::Refused(refused),
-            None => Fetch::Failed(error_chain(&e)),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| match egress::refusal(&e) {
+                Some(refused) => Fetch::Refused(refused),
+                None => Fetch::Failed(error_chain(&e)),
+            })?;
         if let Some(tag) = response
             .headers()
             .get("x-linked-etag")
@@ -598,7 +604,9 @@ async fn get_following(
             ))
         })?;
     }
-    Err(Fetch::Failed(format!("more than {MAX_REDIRECTS} redirects")))
+    Err(Fetch::Failed(format!(
+        "more than {MAX_REDIRECTS} redirects"
+    )))
 }
 
 /// An error and its causes, `: `-joined (reqwest's own message leaves out why a connection
@@ -1304,7 +1312,7 @@ struct NameRequest {
 }
 
 /// `POST /api/copy`: `destination` becomes another name for `source` (a manifest sharing its
-/// blob; a plain file is first put into the blob store, by hard link when possible).
+/// blob; a plain file is first put into the blob store, copied, never linked).
 pub async fn copy(
     state: &ServeState,
     request: Request<Incoming>,

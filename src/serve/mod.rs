@@ -278,24 +278,24 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
     ) {
         (Some(listen), Some(pull_policy), Some(max_model_size), Some(min_free_space), true) => {
             Ok(ServeConfig {
-            listen,
-            models_dir: raw.models.clone().or_else(default_models_dir),
-            models,
-            engine: EngineConfig {
-                parallel: raw.parallel,
-                ctx_per_slot: raw.ctx,
-                batch: 512,
-                threads: threads as i32,
-                queue: raw.queue,
-            },
-            max_body: 100 << 20,
-            preload: raw.preload,
-            shutdown_grace: Duration::from_secs(30),
-            import_dirs: raw.import_dirs.clone(),
-            pull_policy,
-            max_model_size,
-            min_free_space,
-        })
+                listen,
+                models_dir: raw.models.clone().or_else(default_models_dir),
+                models,
+                engine: EngineConfig {
+                    parallel: raw.parallel,
+                    ctx_per_slot: raw.ctx,
+                    batch: 512,
+                    threads: threads as i32,
+                    queue: raw.queue,
+                },
+                max_body: 100 << 20,
+                preload: raw.preload,
+                shutdown_grace: Duration::from_secs(30),
+                import_dirs: raw.import_dirs.clone(),
+                pull_policy,
+                max_model_size,
+                min_free_space,
+            })
         }
         _ => Err(errors.join("; ")),
     }
@@ -420,6 +420,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
     fn model_management_limits_validate_together() {
         let defaults = validate(&crate::config::RawServe::default()).unwrap();
         assert!(defaults.import_dirs.is_empty());
@@ -455,6 +456,21 @@ mod tests {
         };
         let config = validate(&raw).unwrap();
         assert_eq!(config.max_model_size, 2 << 40);
+        // Lists from the environment, written as TOML arrays.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "RAWRXD_SERVE_PULL_ALLOWED_HOSTS",
+                "[\"mirror.lan\", \"10.0.0.0/8\"]",
+            );
+            jail.set_env("RAWRXD_SERVE_MAX_MODEL_SIZE", "1GiB");
+            let config = ServeArgs::default().validate().unwrap();
+            assert!(config
+                .pull_policy
+                .check("x", "10.2.3.4".parse().unwrap())
+                .is_ok());
+            assert_eq!(config.max_model_size, 1 << 30);
+            Ok(())
+        });
         assert!(config
             .pull_policy
             .check("127.0.0.1", "127.0.0.1".parse().unwrap())
