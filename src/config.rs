@@ -80,6 +80,16 @@ pub struct RawServe {
     pub allowed_origins: StringList,
     /// Host names (besides localhost, IP addresses and this machine's name) clients may use.
     pub allowed_hosts: StringList,
+    /// Model management limits (`serve::validate` checks them): directories `/api/create`
+    /// and `/api/pull` may read server-side files from; whether pulls may reach loopback and
+    /// private networks, and the hosts/addresses/networks they may reach regardless; the
+    /// largest model a pull or blob upload may store; free space kept in the models
+    /// directory.
+    pub import_dirs: Vec<PathBuf>,
+    pub pull_allow_private: bool,
+    pub pull_allowed_hosts: StringList,
+    pub max_model_size: ByteSize,
+    pub min_free_space: ByteSize,
 }
 
 impl Default for RawServe {
@@ -97,6 +107,11 @@ impl Default for RawServe {
             api_keys: StringList::default(),
             allowed_origins: StringList::default(),
             allowed_hosts: StringList::default(),
+            import_dirs: Vec::new(),
+            pull_allow_private: false,
+            pull_allowed_hosts: StringList::default(),
+            max_model_size: ByteSize::Text("64GiB".into()),
+            min_free_space: ByteSize::Text("1GiB".into()),
         }
     }
 }
@@ -292,6 +307,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
         other => return Err(format!("{text:?} has an unknown unit {other:?}")),
     };
     number

@@ -97,7 +97,8 @@ async fn declared_oversized_body_gets_413_without_reading_it() {
 async fn chunked_body_growing_past_the_limit_gets_413() {
     let (upstream, proxy) = setup().await;
     let mut raw =
-        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
     for _ in 0..4 {
         raw.extend_from_slice(b"200\r\n");
         raw.extend_from_slice(&[b'a'; 0x200]);

@@ -218,6 +218,13 @@ fn official_python_clients_direct_and_through_the_proxy() {
     require_python_clients();
     let model = model_path();
     let dir = tempdir("serve");
+    // The pull check downloads from a file server on 127.0.0.1, which serve refuses unless
+    // allowed (rawrxd.toml in serve's working directory).
+    std::fs::write(
+        dir.join("rawrxd.toml"),
+        "[serve]\npull_allowed_hosts = [\"127.0.0.1\"]\n",
+    )
+    .unwrap();
     let serve = Running::spawn(
         "serve",
         &[

@@ -1196,9 +1196,14 @@ fn malformed_http_gets_400() {
 
 /// A server with `dir` as its models directory (and the test model as a `--model` file).
 fn launch_with_models(dir: &std::path::Path) -> SocketAddr {
-    let args = ServeArgs {
+    launch(models_args(dir, None).validate().unwrap())
+}
+
+/// The flags of [`launch_with_models`], reading `config` when given.
+fn models_args(dir: &std::path::Path, config: Option<PathBuf>) -> ServeArgs {
+    ServeArgs {
         listen: Some("127.0.0.1:0".into()),
-        config: None,
+        config,
         admin_token: None,
         engine: EngineFlags {
             models: Some(dir.to_path_buf()),
@@ -1209,8 +1214,33 @@ fn launch_with_models(dir: &std::path::Path) -> SocketAddr {
             queue: Some(4),
             preload: false,
         },
-    };
-    launch(args.validate().unwrap())
+    }
+}
+
+/// [`launch_with_models`] with `serve` as the `[serve]` section of its config file (written
+/// into `dir`).
+fn launch_configured(dir: &std::path::Path, serve: &str) -> SocketAddr {
+    let config = dir.join("rawrxd.toml");
+    std::fs::write(&config, format!("[serve]\n{serve}\n")).unwrap();
+    launch(models_args(dir, Some(config)).validate().unwrap())
+}
+
+/// A TOML string for a path.
+fn toml_path(path: &std::path::Path) -> String {
+    Value::String(path.display().to_string()).to_string()
+}
+
+/// A server that may import from `dir` and the test model's folder, and pull from
+/// 127.0.0.1 (the test file servers), as the pull and create tests need.
+fn launch_trusting(dir: &std::path::Path) -> SocketAddr {
+    launch_configured(
+        dir,
+        &format!(
+            "import_dirs = [{}, {}]\npull_allowed_hosts = [\"127.0.0.1\"]",
+            toml_path(dir),
+            toml_path(model_path().parent().unwrap())
+        ),
+    )
 }
 
 fn fresh_dir(tag: &str) -> PathBuf {
@@ -1405,7 +1435,7 @@ fn pull_from_a_url_resumes_verifies_and_registers_the_model() {
     let len = data.len();
     let files = FileServer::start(data, 8 << 20, 4);
     let dir = fresh_dir("pull");
-    let addr = launch_with_models(&dir);
+    let addr = launch_trusting(&dir);
 
     let first = ndjson(
         addr,
@@ -1487,7 +1517,7 @@ fn pull_errors_bad_digest_not_found_and_not_gguf() {
     let digest = sha256_hex(&data);
     let files = FileServer::start(data.clone(), 0, 0);
     let dir = fresh_dir("pull-errors");
-    let addr = launch_with_models(&dir);
+    let addr = launch_trusting(&dir);
 
     let wrong = "0".repeat(64);
     let lines = ndjson(
@@ -1619,7 +1649,7 @@ fn generate_on(addr: SocketAddr, body: Value) -> Value {
 fn create_applies_system_template_and_parameters() {
     let _shared = shared();
     let dir = fresh_dir("create");
-    let addr = launch_with_models(&dir);
+    let addr = launch_trusting(&dir);
     let path = model_path().display().to_string();
 
     let lines = ndjson(
@@ -1762,10 +1792,6 @@ fn create_applies_system_template_and_parameters() {
             "not supported",
         ),
         (
-            json!({"model": "x", "from": "/no/such.gguf"}),
-            "no such file",
-        ),
-        (
             json!({"model": "bad name", "from": path}),
             "invalid model name",
         ),
@@ -1783,6 +1809,17 @@ fn create_applies_system_template_and_parameters() {
         let error = reply.json()["error"].as_str().unwrap().to_string();
         assert!(error.contains(needle), "{body}: {error}");
     }
+    // A path that does not exist: 404, the same answer as for a path outside import_dirs.
+    let missing = post_to(
+        addr,
+        "/api/create",
+        &json!({"model": "x", "from": "/no/such.gguf"}),
+    );
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert!(missing.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not found or not allowed"));
     // A file that is not a GGUF is refused and registers nothing.
     let junk = dir.join("junk.gguf");
     std::fs::write(&junk, b"not a model").unwrap();
@@ -1854,5 +1891,550 @@ fn the_fetch_script_registers_gemma3_270m() {
                "options": {"num_predict": 3}}),
     );
     assert!(out["eval_count"].as_u64().unwrap() > 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// serve touches only its own files (issue 13): import_dirs, pull policy, sizes, sweeping.
+
+/// The one answer for a server-side path that is missing or not allowed.
+const NOT_IMPORTABLE: &str = "not found or not allowed";
+
+/// Paths outside `import_dirs` (absolute, `..`, `~/`, relative, a symlink that escapes) get
+/// exactly the answer a missing path gets, from pull and from create (`from`, `path`,
+/// Modelfile `FROM`); nothing is stored. Inside, a file and a symlink to a file inside work.
+#[test]
+fn paths_outside_import_dirs_are_refused_exactly_like_missing_ones() {
+    let root = fresh_dir("imports");
+    let models = root.join("models");
+    let allowed = root.join("allowed");
+    let outside = root.join("outside");
+    for d in [&models, &allowed, &outside] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let gguf = tiny_gguf(100);
+    std::fs::write(allowed.join("inside.gguf"), &gguf).unwrap();
+    std::fs::write(outside.join("outside.gguf"), &gguf).unwrap();
+    std::os::unix::fs::symlink(outside.join("outside.gguf"), allowed.join("escape.gguf")).unwrap();
+    std::os::unix::fs::symlink(&outside, allowed.join("dir-escape")).unwrap();
+    std::os::unix::fs::symlink(allowed.join("inside.gguf"), allowed.join("alias.gguf")).unwrap();
+    let addr = launch_configured(&models, &format!("import_dirs = [{}]", toml_path(&allowed)));
+    let show = |p: PathBuf| p.display().to_string();
+    // A real file under $HOME, named with `~/` (the test model lives in ~/.cache by default).
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+    let tilde = match model_path().strip_prefix(&home) {
+        Ok(rest) => format!("~/{}", rest.display()),
+        Err(_) => "~/.profile".to_string(),
+    };
+    let missing = show(allowed.join("missing.gguf"));
+    let refused = [
+        show(outside.join("outside.gguf")),
+        show(allowed.join("../outside/outside.gguf")),
+        show(allowed.join("escape.gguf")),
+        show(allowed.join("dir-escape/outside.gguf")),
+        show(model_path()),
+        tilde,
+        "Cargo.toml".to_string(),
+        "./tests/serve.rs".to_string(),
+        "/etc/passwd".to_string(),
+        show(allowed.clone()),
+        "/no/such/dir/x.gguf".to_string(),
+    ];
+    let pull = |from: &str, stream: bool| {
+        post_to(
+            addr,
+            "/api/pull",
+            &json!({"model": "m", "from": from, "stream": stream}),
+        )
+    };
+    let creates = |from: &str| {
+        [
+            json!({"model": "m", "from": from}),
+            json!({"model": "m", "path": from}),
+            json!({"model": "m", "modelfile": format!("FROM {from}\nSYSTEM hi\n")}),
+        ]
+    };
+    let reference = pull(&missing, false);
+    assert_eq!(reference.status, 404, "{}", reference.text());
+    assert!(
+        reference.text().contains(NOT_IMPORTABLE),
+        "{}",
+        reference.text()
+    );
+    let create_reference = post_to(addr, "/api/create", &creates(&missing)[0]);
+    assert_eq!(create_reference.status, 404, "{}", create_reference.text());
+    assert!(create_reference.text().contains(NOT_IMPORTABLE));
+    for path in &refused {
+        for stream in [false, true] {
+            let reply = pull(path, stream);
+            assert_eq!(
+                (reply.status, reply.body.as_slice()),
+                (404, reference.body.as_slice()),
+                "pull {path} (stream {stream}): {}",
+                reply.text()
+            );
+        }
+        // `model` itself as the path (named after its file).
+        let reply = post_to(addr, "/api/pull", &json!({"model": path}));
+        if path.ends_with(".gguf") || path.starts_with(['/', '~']) || path.starts_with("./") {
+            assert_eq!(
+                (reply.status, &reply.body),
+                (404, &reference.body),
+                "{path}"
+            );
+        }
+        for body in creates(path) {
+            let reply = post_to(addr, "/api/create", &body);
+            assert_eq!(
+                (reply.status, reply.body.as_slice()),
+                (404, create_reference.body.as_slice()),
+                "create {body}: {}",
+                reply.text()
+            );
+        }
+    }
+    assert!(
+        !models.join("blobs").exists()
+            || std::fs::read_dir(models.join("blobs")).unwrap().count() == 0,
+        "nothing was stored"
+    );
+    assert!(tag_names(addr).iter().all(|n| n != "m:latest"));
+
+    // Inside: a file, and a symlink to a file inside, are imported (copied into blobs).
+    let lines = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": "in", "from": show(allowed.join("inside.gguf"))}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    let lines = ndjson(
+        addr,
+        "/api/create",
+        json!({"model": "alias", "modelfile": format!("FROM {}", show(allowed.join("alias.gguf")))}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    let blob = models.join(format!("blobs/sha256-{}", sha256_hex(&gguf)));
+    assert_eq!(std::fs::read(&blob).unwrap(), gguf);
+    // A copy, not a hard link: changing the source later leaves the blob as it was.
+    std::fs::write(allowed.join("inside.gguf"), tiny_gguf(5)).unwrap();
+    assert_eq!(std::fs::read(&blob).unwrap(), gguf);
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&blob).unwrap().nlink(), 1);
+    }
+    let names = tag_names(addr);
+    assert!(
+        names.contains(&"in:latest".to_string()) && names.contains(&"alias:latest".to_string())
+    );
+
+    // Without import_dirs (the default) even the test model's own path is refused.
+    let plain = fresh_dir("imports-default");
+    let addr = launch_with_models(&plain);
+    let reply = post_to(
+        addr,
+        "/api/create",
+        &json!({"model": "m", "from": show(model_path())}),
+    );
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    assert!(reply.text().contains(NOT_IMPORTABLE));
+    // A model name still works as `from`.
+    let lines = ndjson(
+        addr,
+        "/api/create",
+        json!({"model": "again", "from": MODEL}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    std::fs::remove_dir_all(plain).unwrap();
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// A server on 127.0.0.1 answering every request with `302 Location: <location(n)>` (n
+/// counts requests from 0).
+fn redirect_server(
+    location: impl Fn(usize) -> String + Send + 'static,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    raw_server(move || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        format!(
+            "HTTP/1.1 302 Found\r\nLocation: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            location(n)
+        )
+        .into_bytes()
+    })
+    .map(|addr| (addr, hits))
+    .unwrap()
+}
+
+/// A server on 127.0.0.1 that reads each request's head, writes `reply()` and closes.
+fn raw_server(reply: impl Fn() -> Vec<u8> + Send + 'static) -> Option<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+    let addr = listener.local_addr().ok()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+            }
+            let _ = stream.write_all(&reply());
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    Some(addr)
+}
+
+/// Pulls to loopback are refused by default, before any connection (the file server sees
+/// nothing), also through the name `localhost` (checked after resolution); the config allows
+/// them. A redirect from an allowed host to a loopback address is refused, whatever form
+/// the address takes, and redirects are capped.
+#[test]
+fn pulls_to_loopback_are_refused_unless_allowed_and_every_redirect_is_checked() {
+    let files = FileServer::start(tiny_gguf(1000), 0, 0);
+    let dir = fresh_dir("ssrf");
+    let addr = launch_with_models(&dir);
+    for stream in [false, true] {
+        let reply = post_to(
+            addr,
+            "/api/pull",
+            &json!({"model": "t", "from": files.url("t.gguf"), "stream": stream}),
+        );
+        assert_eq!(reply.status, 403, "{}", reply.text());
+        let error = reply.json()["error"].as_str().unwrap().to_string();
+        assert_eq!(
+            error,
+            "pull from 127.0.0.1 refused: loopback address; allow it with \
+             serve.pull_allow_private = true, or list the host in serve.pull_allowed_hosts"
+        );
+    }
+    let port = files.addr.port();
+    for url in [
+        format!("http://localhost:{port}/t.gguf"),
+        format!("http://[::ffff:127.0.0.1]:{port}/t.gguf"),
+        format!("http://0x7f.0.0.1:{port}/t.gguf"),
+        format!("http://2130706433:{port}/t.gguf"),
+        "http://169.254.169.254/latest/meta-data/x.gguf".to_string(),
+        "http://10.0.0.5/x.gguf".to_string(),
+        "http://[::1]:9/x.gguf".to_string(),
+    ] {
+        let reply = post_to(addr, "/api/pull", &json!({"model": url, "stream": false}));
+        assert_eq!(reply.status, 403, "{url}: {}", reply.text());
+        assert!(reply.text().contains("refused"), "{url}: {}", reply.text());
+    }
+    let reply = post_to(
+        addr,
+        "/api/pull",
+        &json!({"model": format!("http://localhost:{port}/t.gguf"), "stream": false}),
+    );
+    assert!(
+        reply.text().contains("pull from localhost ("),
+        "the name and the address it resolved to: {}",
+        reply.text()
+    );
+    let metadata = post_to(
+        addr,
+        "/api/pull",
+        &json!({"model": "http://169.254.169.254/x.gguf", "stream": false}),
+    );
+    assert!(
+        metadata.text().contains("cloud metadata address"),
+        "{}",
+        metadata.text()
+    );
+    assert!(
+        files.ranges.lock().unwrap().is_empty(),
+        "no request reached the file server"
+    );
+    assert!(!tag_names(addr).contains(&"t:latest".to_string()));
+
+    // Allowed by the switch: the same pull succeeds.
+    let open_dir = fresh_dir("ssrf-open");
+    let open = launch_configured(&open_dir, "pull_allow_private = true");
+    let lines = ndjson(
+        open,
+        "/api/pull",
+        json!({"model": "t", "from": files.url("t.gguf")}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    assert!(tag_names(open).contains(&"t:latest".to_string()));
+    // ... but the metadata address stays refused.
+    let reply = post_to(
+        open,
+        "/api/pull",
+        &json!({"model": "http://169.254.169.254/x.gguf", "stream": false}),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.text());
+
+    // Allowed by name: `localhost` may be pulled from, its redirects to loopback addresses
+    // (not listed) may not, in any spelling; the file server sees none of them.
+    let named_dir = fresh_dir("ssrf-named");
+    let named = launch_configured(&named_dir, "pull_allowed_hosts = [\"localhost\"]");
+    let seen_before = files.ranges.lock().unwrap().len();
+    for target in [
+        format!("http://127.0.0.1:{port}/t.gguf"),
+        format!("http://[::ffff:7f00:1]:{port}/t.gguf"),
+        format!("http://127.1:{port}/t.gguf"),
+    ] {
+        let location = target.clone();
+        let (hop, hits) = redirect_server(move |_| location.clone());
+        let url = format!("http://localhost:{}/go.gguf", hop.port());
+        let lines = ndjson(named, "/api/pull", json!({"model": "r", "from": url}));
+        let error = lines.last().unwrap()["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            error.starts_with("pull from 127.0.0.1 refused: loopback address")
+                || error.starts_with("pull from ::ffff:127.0.0.1 refused: loopback address"),
+            "{target}: {lines:?}"
+        );
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "refused at once, never retried"
+        );
+    }
+    assert_eq!(files.ranges.lock().unwrap().len(), seen_before);
+    // The redirect to the allowed name itself works.
+    let location = format!("http://localhost:{port}/t.gguf");
+    let (hop, _) = redirect_server(move |_| location.clone());
+    let lines = ndjson(
+        named,
+        "/api/pull",
+        json!({"model": "r", "from": format!("http://localhost:{}/go.gguf", hop.port())}),
+    );
+    assert_eq!(lines.last().unwrap()["status"], "success", "{lines:?}");
+    // Endless redirects stop after 5 hops.
+    let (hop, _) = redirect_server(|n| format!("/again/{n}"));
+    let reply = post_to(
+        named,
+        "/api/pull",
+        &json!({"model": "loop", "from": format!("http://localhost:{}/x.gguf", hop.port()),
+                "stream": false}),
+    );
+    assert!(
+        reply.text().contains("more than 5 redirects"),
+        "{}",
+        reply.text()
+    );
+    for d in [dir, open_dir, named_dir] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+/// Entries of `dir/blobs` (none when it does not exist).
+fn blob_entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("blobs"))
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends `body` as a chunked request (no Content-Length) and reads the reply's status.
+fn post_chunked(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(1000) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let _ = stream.write_all(&request);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// `max_model_size` caps blob uploads (with and without Content-Length), pulls (size known
+/// up front, or not) and imports, leaving nothing behind; `min_free_space` refuses writes
+/// the disk cannot take (507).
+#[test]
+fn model_size_cap_and_free_space_are_enforced() {
+    let dir = fresh_dir("sizes");
+    let import = dir.join("import");
+    std::fs::create_dir_all(&import).unwrap();
+    let addr = launch_configured(
+        &dir,
+        &format!(
+            "max_model_size = \"4KiB\"\npull_allow_private = true\nimport_dirs = [{}]",
+            toml_path(&import)
+        ),
+    );
+    let big = tiny_gguf(8000);
+    let big_hex = sha256_hex(&big);
+    let reply = call(
+        addr,
+        "POST",
+        &format!("/api/blobs/sha256:{big_hex}"),
+        Some(&big),
+        "",
+    );
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    let error = reply.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("serve.max_model_size (4096 bytes, 4.0 KiB)") && error.contains("8"),
+        "{error}"
+    );
+    assert!(blob_entries(&dir).is_empty(), "{:?}", blob_entries(&dir));
+    let (status, text) = post_chunked(addr, &format!("/api/blobs/sha256:{big_hex}"), &big);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("max_model_size"), "{text}");
+    assert!(blob_entries(&dir).is_empty(), "{:?}", blob_entries(&dir));
+    let small = tiny_gguf(100);
+    let small_hex = sha256_hex(&small);
+    let reply = call(
+        addr,
+        "POST",
+        &format!("/api/blobs/sha256:{small_hex}"),
+        Some(&small),
+        "",
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(blob_entries(&dir), vec![format!("sha256-{small_hex}")]);
+
+    // A pull whose Content-Length is over the cap: refused before the body is read.
+    let files = FileServer::start(big.clone(), 0, 0);
+    let reply = post_to(
+        addr,
+        "/api/pull",
+        &json!({"model": "big", "from": files.url("big.gguf"), "stream": false}),
+    );
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(reply.text().contains("is 8"), "{}", reply.text());
+    assert_eq!(blob_entries(&dir), vec![format!("sha256-{small_hex}")]);
+    // Streamed, the same as an error line.
+    let lines = ndjson(
+        addr,
+        "/api/pull",
+        json!({"model": "big", "from": files.url("big.gguf")}),
+    );
+    assert!(lines.last().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("max_model_size"));
+    // Without a size (close-delimited body): cut off at the cap, the partial file deleted.
+    let body = big.clone();
+    let sizeless = raw_server(move || {
+        let mut reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        reply.extend_from_slice(&body);
+        reply
+    })
+    .unwrap();
+    let reply = post_to(
+        addr,
+        "/api/pull",
+        &json!({"model": "big", "from": format!("http://{sizeless}/big.gguf"), "stream": false}),
+    );
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_eq!(blob_entries(&dir), vec![format!("sha256-{small_hex}")]);
+    // An import from a path over the cap.
+    std::fs::write(import.join("big.gguf"), &big).unwrap();
+    let reply = post_to(
+        addr,
+        "/api/create",
+        &json!({"model": "big", "from": import.join("big.gguf").display().to_string(),
+                "stream": false}),
+    );
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_eq!(blob_entries(&dir), vec![format!("sha256-{small_hex}")]);
+    assert!(!tag_names(addr).contains(&"big:latest".to_string()));
+
+    // A disk that cannot keep min_free_space free: 507, nothing written.
+    let full_dir = fresh_dir("sizes-full");
+    let full = launch_configured(
+        &full_dir,
+        "min_free_space = \"1000000TiB\"\npull_allow_private = true",
+    );
+    let reply = call(
+        full,
+        "POST",
+        &format!("/api/blobs/sha256:{small_hex}"),
+        Some(&small),
+        "",
+    );
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(
+        reply.text().contains("not enough disk space"),
+        "{}",
+        reply.text()
+    );
+    let reply = post_to(
+        full,
+        "/api/pull",
+        &json!({"model": "small", "from": files.url("small.gguf"), "stream": false}),
+    );
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    assert!(
+        blob_entries(&full_dir).is_empty(),
+        "{:?}",
+        blob_entries(&full_dir)
+    );
+    std::fs::remove_dir_all(full_dir).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// At start, abandoned downloads (and their sidecars) and temporary files older than a day
+/// are removed; a fresh partial download, blobs and manifests are kept.
+#[test]
+fn abandoned_partial_downloads_are_removed_at_start() {
+    let dir = fresh_dir("sweep");
+    std::fs::create_dir_all(dir.join("blobs")).unwrap();
+    std::fs::create_dir_all(dir.join("manifests/m")).unwrap();
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    let put = |rel: &str, stale: bool| {
+        let path = dir.join(rel);
+        std::fs::write(&path, b"partial bytes").unwrap();
+        if stale {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(two_days_ago)
+                .unwrap();
+        }
+        path
+    };
+    let stale = [
+        put("blobs/partial-0123456789abcdef", true),
+        put("blobs/partial-0123456789abcdef.json", true),
+        put("blobs/.upload-feed", true),
+        put("blobs/.import-1-0", true),
+        put("manifests/m/.v1.json.tmp-4242", true),
+    ];
+    let fresh = [
+        put("blobs/partial-fedcba9876543210", false),
+        put("blobs/partial-fedcba9876543210.json", false),
+        put("blobs/sha256-0000000000000000", true),
+    ];
+    let addr = launch_with_models(&dir);
+    // The state (and its sweep) exists once a request is answered.
+    assert_eq!(call(addr, "GET", "/api/tags", None, "").status, 200);
+    for path in &stale {
+        assert!(!path.exists(), "{} was removed", path.display());
+    }
+    for path in &fresh {
+        assert!(path.exists(), "{} was kept", path.display());
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

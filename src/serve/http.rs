@@ -59,6 +59,12 @@ pub enum ServeError {
          (curl: -H 'Content-Type: application/json')"
     )]
     UnsupportedMediaType,
+    /// A size limit other than the request body's (`serve.max_model_size`).
+    #[error("{0}")]
+    OverLimit(String),
+    /// Not enough free disk space for what the request would write.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 impl ServeError {
@@ -74,12 +80,16 @@ impl ServeError {
             ServeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServeError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ServeError::OverLimit(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
     fn openai_type(&self) -> &'static str {
         match self {
-            ServeError::Internal(_) | ServeError::Busy(_) => "server_error",
+            ServeError::Internal(_) | ServeError::Busy(_) | ServeError::NoSpace(_) => {
+                "server_error"
+            }
             ServeError::NotFound(_) => "not_found_error",
             ServeError::Unauthorized(_) => "authentication_error",
             ServeError::Forbidden(_) => "permission_error",
@@ -516,6 +526,8 @@ mod tests {
             Unauthorized("x".into()) => 401,
             Forbidden("x".into()) => 403,
             UnsupportedMediaType => 415,
+            OverLimit("x".into()) => 413,
+            NoSpace("x".into()) => 507,
         };
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");

@@ -8,10 +8,19 @@
 //! registry changes and reports progress the way Ollama does: NDJSON `{"status": …}` lines
 //! (with `total`/`completed` while bytes move), ending in `{"status":"success"}` or, once the
 //! stream has started, one `{"error": …}` line.
+//!
+//! What it may touch is bounded by [`Files`]: server-side paths only inside
+//! `serve.import_dirs` ([`imports`]; a refused path and a missing one get the same answer),
+//! pulls only to addresses the [`egress`] policy allows (checked at connect time and on every
+//! redirect), at most `serve.max_model_size` per model (413), and only while the models
+//! directory keeps `serve.min_free_space` free (507). Imported files are always copied into
+//! the blob store, never linked.
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,14 +36,104 @@ use tokio::sync::mpsc;
 use super::api::{line, model_name, NDJSON};
 use super::gguf::read_meta;
 use super::http::{full, json, read_json, stream, ChannelBody, ServeBody, ServeError};
+use super::imports::{self, expand_home, Importable};
 use super::options::Options;
 use super::registry::{self, Manifest, ModelName};
-use super::{template, ServeState};
+use super::{egress, template, ServeState};
 
 /// Attempts at a download (the first and the resumed ones) before a pull gives up.
 const DOWNLOAD_ATTEMPTS: u32 = 4;
 /// Least time between two progress lines for the same transfer.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// What model management may read, reach and write.
+pub struct Files {
+    /// `serve.import_dirs`: the only places server-side paths are imported from.
+    pub import_dirs: Vec<PathBuf>,
+    /// The pull policy and its HTTP client.
+    pub puller: egress::Puller,
+    /// Largest model a pull, blob upload or path import may store.
+    pub max_model_size: u64,
+    /// Free space kept in the models directory.
+    pub min_free_space: u64,
+}
+
+/// The one answer for a server-side path that is missing or not allowed (the same for both,
+/// so the API cannot probe the file system).
+const NOT_IMPORTABLE: &str = "model source not found or not allowed: a server-side path \
+    must name a GGUF file inside one of serve.import_dirs (the default allows none); or upload \
+    the file with POST /api/blobs/sha256:<digest> and create the model from that blob";
+
+/// `1536` → "1.5 KiB".
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+impl Files {
+    /// 413 when `size` is over `serve.max_model_size`.
+    fn cap(&self, what: &str, size: u64) -> Result<(), ServeError> {
+        if size > self.max_model_size {
+            return Err(self.over_limit(what, Some(size)));
+        }
+        Ok(())
+    }
+
+    fn over_limit(&self, what: &str, size: Option<u64>) -> ServeError {
+        let limit = format!(
+            "serve.max_model_size ({} bytes, {})",
+            self.max_model_size,
+            human(self.max_model_size)
+        );
+        ServeError::OverLimit(match size {
+            Some(size) => format!(
+                "{what} is {size} bytes ({}), more than {limit}",
+                human(size)
+            ),
+            None => format!("{what} is larger than {limit}"),
+        })
+    }
+
+    /// 507 unless the file system of `dir` has `need` bytes free beyond
+    /// `serve.min_free_space`. When the free space cannot be read, the write goes ahead
+    /// (and a full disk fails it).
+    fn ensure_space(&self, dir: &Path, need: u64) -> Result<(), ServeError> {
+        match fs4::available_space(dir) {
+            Ok(available) if available >= need.saturating_add(self.min_free_space) => Ok(()),
+            Ok(available) => Err(ServeError::NoSpace(format!(
+                "not enough disk space in the models directory: {} needed plus \
+                 serve.min_free_space ({}) kept free, {} available",
+                human(need),
+                human(self.min_free_space),
+                human(available)
+            ))),
+            Err(e) => {
+                tracing::warn!("cannot read the free space of {}: {e}", dir.display());
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens a server-side path a request names, when it is importable; else 404 with
+    /// [`NOT_IMPORTABLE`] (whatever the reason).
+    async fn open_source(&self, text: &str) -> Result<Importable, ServeError> {
+        let (text, dirs) = (text.to_string(), self.import_dirs.clone());
+        tokio::task::spawn_blocking(move || imports::open_importable(&text, &dirs))
+            .await
+            .map_err(internal)?
+            .map_err(|imports::NotImportable| ServeError::NotFound(NOT_IMPORTABLE.into()))
+    }
+}
 
 /// Work in progress that must not run twice at once (a download into the same partial file,
 /// an upload of the same blob).
@@ -169,34 +268,76 @@ async fn check_gguf(path: PathBuf) -> Result<(), ServeError> {
         .map_err(|e| ServeError::BadRequest(e.to_string()))
 }
 
-/// Hashes `src` into the blob store (reporting progress) and returns its hex digest.
+/// Copies the open file `src` (named `shown` in messages) into the blob store, reporting
+/// progress, and returns its hex digest. Refused before anything is written when it is over
+/// `serve.max_model_size` (`capped`: files a request brought, not `--model` files), when
+/// the disk lacks the space, or when it does not start like a GGUF file; the copy is checked
+/// (GGUF header, `expected` digest) before it becomes a blob, and removed when it fails.
 async fn import(
+    files: &Files,
     dir: &Path,
-    src: &Path,
+    mut src: File,
+    shown: String,
     expected: Option<String>,
+    capped: bool,
     progress: &Progress,
 ) -> Result<String, ServeError> {
-    let total = std::fs::metadata(src)
-        .map_err(|e| ServeError::BadRequest(format!("cannot read {}: {e}", src.display())))?
+    let total = src
+        .metadata()
+        .map_err(|e| ServeError::BadRequest(format!("cannot read {shown}: {e}")))?
         .len();
-    let status = format!("importing {}", src.display());
+    if capped {
+        files.cap(&shown, total)?;
+    }
+    let blobs = registry::blobs_dir(dir);
+    std::fs::create_dir_all(&blobs)
+        .map_err(|e| internal(format!("cannot create {}: {e}", blobs.display())))?;
+    files.ensure_space(&blobs, total)?;
+    let status = format!("importing {shown}");
     progress.status(status.clone()).await?;
-    let (dir, src, sink) = (dir.to_path_buf(), src.to_path_buf(), progress.clone());
-    let mismatch = expected.is_some();
+    let limit = capped.then_some(files.max_model_size);
+    let (dir, sink) = (dir.to_path_buf(), progress.clone());
     tokio::task::spawn_blocking(move || {
-        registry::import_file(&dir, &src, expected.as_deref(), |done| {
+        let mut magic = [0u8; 4];
+        let is_gguf = src.read_exact(&mut magic).is_ok() && &magic == b"GGUF";
+        if !is_gguf {
+            return Err(ServeError::BadRequest(format!(
+                "{shown} is not a GGUF file: bad magic"
+            )));
+        }
+        src.rewind()
+            .map_err(|e| ServeError::BadRequest(format!("cannot read {shown}: {e}")))?;
+        let staged = registry::copy_in(&dir, &mut src, &shown, limit, |done| {
             sink.try_send(json!({"status": status, "total": total, "completed": done}));
         })
+        .map_err(|e| match e {
+            registry::ImportError::TooLarge { .. } => ServeError::OverLimit(format!(
+                "{e} (serve.max_model_size); it grew while it was copied"
+            )),
+            registry::ImportError::Io(e) => ServeError::Internal(e),
+        })?;
+        if let Err(e) = read_meta(staged.path()) {
+            let tmp = staged.path().display().to_string();
+            return Err(ServeError::BadRequest(e.to_string().replace(&tmp, &shown)));
+        }
+        if let Some(expected) = expected.filter(|e| *e != staged.hex) {
+            return Err(ServeError::BadRequest(format!(
+                "sha256 digest mismatch for {shown}: expected {expected}, got {}",
+                staged.hex
+            )));
+        }
+        staged
+            .commit(&dir)
+            .map_err(|e| internal(format!("cannot store {shown} as a blob: {e}")))
     })
     .await
     .map_err(internal)?
-    .map_err(|e| {
-        if mismatch && e.contains("mismatch") {
-            ServeError::BadRequest(e)
-        } else {
-            ServeError::Internal(e)
-        }
-    })
+}
+
+/// Opens a file given on the command line or found in the models directory (not subject to
+/// `serve.import_dirs`) for [`import`].
+fn open_own(path: &Path) -> Result<File, ServeError> {
+    File::open(path).map_err(|e| internal(format!("cannot read {}: {e}", path.display())))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -219,7 +360,8 @@ struct PullRequest {
 /// Where a pull reads from.
 enum Source {
     Url(reqwest::Url),
-    File(PathBuf),
+    /// A server-side file inside `serve.import_dirs`, open, and the path the client gave.
+    File(Importable, PathBuf),
 }
 
 fn looks_like_url(text: &str) -> bool {
@@ -234,16 +376,10 @@ fn looks_like_path(text: &str) -> bool {
         || text.to_ascii_lowercase().ends_with(".gguf")
 }
 
-fn expand_home(text: &str) -> PathBuf {
-    match (text.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(text),
-    }
-}
-
 /// `/api/pull`: a name that exists succeeds at once (clients pull before use); a URL or path,
 /// as `model` (named after its file stem) or as `from` (named `model`), is fetched, verified
-/// and registered.
+/// and registered. A URL's host must pass the pull policy (403 before the response starts,
+/// when it can be told then), a path must be importable (404 otherwise).
 pub async fn pull(
     state: &ServeState,
     request: Request<Incoming>,
@@ -286,16 +422,16 @@ pub async fn pull(
             expected = Some(from_url);
         }
         url.set_fragment(None);
+        state
+            .files
+            .puller
+            .precheck(&url)
+            .await
+            .map_err(ServeError::Forbidden)?;
         Source::Url(url)
     } else {
-        let path = expand_home(&source_text);
-        if !path.is_file() {
-            return Err(ServeError::NotFound(format!(
-                "{}: no such file",
-                path.display()
-            )));
-        }
-        Source::File(path)
+        let file = state.files.open_source(&source_text).await?;
+        Source::File(file, expand_home(&source_text))
     };
     let name = if body.from.is_some() {
         parse_name(&model)?
@@ -306,7 +442,7 @@ pub async fn pull(
                 .and_then(|mut s| s.next_back())
                 .unwrap_or("")
                 .to_string(),
-            Source::File(path) => path
+            Source::File(_, path) => path
                 .file_name()
                 .and_then(|s| s.to_str())
                 .unwrap_or("")
@@ -325,27 +461,42 @@ pub async fn pull(
     };
     let dir = models_dir(state)?;
     let state_pulls = state.in_flight.clone();
+    let files = state.files.clone();
     respond(body.stream.unwrap_or(true), move |progress| async move {
-        let (gguf, hex, source_text) = match source {
-            Source::File(path) => {
-                // A file that is not a model is refused before it is hashed or copied.
-                check_gguf(path.clone()).await?;
-                let hex = import(&dir, &path, expected, &progress).await?;
-                (
-                    registry::blob_path(&dir, &hex),
-                    hex,
-                    path.display().to_string(),
+        let (hex, source_text) = match source {
+            Source::File(source, _) => {
+                // Checked (GGUF header, digest) before it becomes a blob.
+                let shown = source.path.display().to_string();
+                let hex = import(
+                    &files,
+                    &dir,
+                    source.file,
+                    shown.clone(),
+                    expected,
+                    true,
+                    &progress,
                 )
+                .await?;
+                (hex, shown)
             }
             Source::Url(url) => {
                 let partial = registry::blobs_dir(&dir)
                     .join(format!("partial-{}", &short_hash(url.as_str())));
                 let _claim = state_pulls
                     .claim(partial.display().to_string(), &format!("a pull of {url}"))?;
-                let hex = download(&url, &partial, expected.as_deref(), &name, &progress).await?;
-                (registry::blob_path(&dir, &hex), hex, url.to_string())
+                let hex = download(
+                    &files,
+                    &url,
+                    &partial,
+                    expected.as_deref(),
+                    &name,
+                    &progress,
+                )
+                .await?;
+                (hex, url.to_string())
             }
         };
+        let gguf = registry::blob_path(&dir, &hex);
         progress.status("verifying the GGUF header").await?;
         if let Err(e) = check_gguf(gguf.clone()).await {
             // A blob nothing uses is garbage: a pulled file that is not a model.
@@ -389,22 +540,6 @@ struct PartialInfo {
     total: Option<u64>,
 }
 
-fn client() -> Result<&'static reqwest::Client, ServeError> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(client) = CLIENT.get() {
-        return Ok(client);
-    }
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("rawrxd/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
-        // Redirects are followed by `get_following`, which reads each hop's headers.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| ServeError::Internal(format!("cannot set up the HTTP client: {e}")))?;
-    Ok(CLIENT.get_or_init(|| client))
-}
-
 fn header_text(response: &reqwest::Response, name: header::HeaderName) -> Option<String> {
     response
         .headers()
@@ -414,24 +549,41 @@ fn header_text(response: &reqwest::Response, name: header::HeaderName) -> Option
 }
 
 /// Most redirects a download follows.
-const MAX_REDIRECTS: usize = 10;
+const MAX_REDIRECTS: usize = 5;
 
-/// GETs `url` with `headers`, following redirects by hand so that each hop's headers are
-/// seen: Hugging Face answers a model file's URL with a redirect whose `X-Linked-Etag` is
-/// the file's sha256, which becomes the expected digest when the request named none. Returns
-/// the final response and that digest.
+/// Why a request of a download failed.
+enum Fetch {
+    /// The pull policy refuses the address (or a redirect's): never retried.
+    Refused(String),
+    /// Anything else (connection, protocol): retried.
+    Failed(String),
+}
+
+/// GETs `url` with `headers`, following redirects by hand so that each hop is checked
+/// against the pull policy and its headers are seen: Hugging Face answers a model file's URL
+/// with a redirect whose `X-Linked-Etag` is the file's sha256, which becomes the expected
+/// digest when the request named none. Returns the final response and that digest.
 async fn get_following(
+    puller: &egress::Puller,
     url: &reqwest::Url,
     headers: &[(header::HeaderName, String)],
-) -> Result<(reqwest::Response, Option<String>), String> {
+) -> Result<(reqwest::Response, Option<String>), Fetch> {
+    let client = puller.client().map_err(Fetch::Failed)?;
     let mut url = url.clone();
     let mut linked = None;
     for _ in 0..=MAX_REDIRECTS {
-        let mut request = client().map_err(|e| e.to_string())?.get(url.clone());
+        puller.check_url(&url).map_err(Fetch::Refused)?;
+        let mut request = client.get(url.clone());
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let response = request.send().await.map_err(|e| e.to_string())?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| match egress::refusal(&e) {
+                Some(refused) => Fetch::Refused(refused),
+                None => Fetch::Failed(error_chain(&e)),
+            })?;
         if let Some(tag) = response
             .headers()
             .get("x-linked-etag")
@@ -445,12 +597,32 @@ async fn get_following(
             return Ok((response, linked));
         }
         let location = header_text(&response, header::LOCATION)
-            .ok_or_else(|| format!("{url} redirects without a Location"))?;
-        url = url
-            .join(&location)
-            .map_err(|e| format!("{url} redirects to an invalid Location {location:?}: {e}"))?;
+            .ok_or_else(|| Fetch::Failed(format!("{url} redirects without a Location")))?;
+        url = url.join(&location).map_err(|e| {
+            Fetch::Failed(format!(
+                "{url} redirects to an invalid Location {location:?}: {e}"
+            ))
+        })?;
     }
-    Err(format!("more than {MAX_REDIRECTS} redirects"))
+    Err(Fetch::Failed(format!(
+        "more than {MAX_REDIRECTS} redirects"
+    )))
+}
+
+/// An error and its causes, `: `-joined (reqwest's own message leaves out why a connection
+/// failed).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = e.source();
+    }
+    text
 }
 
 /// `Content-Range: bytes START-END/TOTAL` → (START, TOTAL).
@@ -474,6 +646,12 @@ fn bytes_line(status: &str, completed: u64, total: Option<u64>, digest: Option<&
     line
 }
 
+/// Deletes a partial download and its sidecar.
+async fn forget(partial: &Path, info: &Path) {
+    let _ = tokio::fs::remove_file(partial).await;
+    let _ = tokio::fs::remove_file(info).await;
+}
+
 /// Counts one failed attempt: gives up with `give_up` after [`DOWNLOAD_ATTEMPTS`], else
 /// reports `status` and waits `backoff_ms` × attempts before the caller tries again.
 async fn retry(
@@ -494,8 +672,12 @@ async fn retry(
 
 /// Downloads `url` into `partial`, resuming what an earlier pull left there, and retrying a
 /// broken transfer from where it stopped. Returns the file's sha256 once it matches
-/// `expected` (when given); on a mismatch the partial file is deleted.
+/// `expected` (when given); on a mismatch the partial file is deleted. A file over
+/// `serve.max_model_size` is refused as soon as its size is known (or once that many bytes
+/// arrived) and its partial file deleted; too little disk space stops it (the partial file
+/// is kept, to resume).
 async fn download(
+    files: &Files,
     url: &reqwest::Url,
     partial: &Path,
     expected: Option<&str>,
@@ -543,7 +725,7 @@ async fn download(
                 .status(format!("resuming the download at byte {offset}"))
                 .await?;
         }
-        let response = match get_following(url, &headers).await {
+        let response = match get_following(&files.puller, url, &headers).await {
             Ok((response, linked)) => {
                 if let (None, Some(linked)) = (&expected, linked) {
                     progress
@@ -556,7 +738,8 @@ async fn download(
                 }
                 response
             }
-            Err(e) => {
+            Err(Fetch::Refused(e)) => return Err(ServeError::Forbidden(e)),
+            Err(Fetch::Failed(e)) => {
                 retry(
                     &mut failures,
                     progress,
@@ -596,6 +779,11 @@ async fn download(
                 )))
             }
         };
+        if let Some(total) = total.filter(|t| *t > files.max_model_size) {
+            forget(partial, &info_path).await;
+            return Err(files.over_limit(url.as_str(), Some(total)));
+        }
+        files.ensure_space(dir, total.map_or(0, |t| t.saturating_sub(completed)))?;
         info.etag = header_text(&response, header::ETAG);
         info.last_modified = header_text(&response, header::LAST_MODIFIED);
         info.total = total;
@@ -612,6 +800,7 @@ async fn download(
             .map_err(|e| internal(format!("cannot write {}: {e}", partial.display())))?;
         let mut response = response;
         let mut last_report = Instant::now() - PROGRESS_EVERY;
+        let mut space_checked = completed;
         let broken = loop {
             if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
@@ -621,10 +810,21 @@ async fn download(
             }
             match response.chunk().await {
                 Ok(Some(chunk)) => {
+                    completed += chunk.len() as u64;
+                    if completed > files.max_model_size {
+                        drop(file);
+                        forget(partial, &info_path).await;
+                        return Err(files.over_limit(url.as_str(), None));
+                    }
                     file.write_all(&chunk).await.map_err(|e| {
                         internal(format!("cannot write {}: {e}", partial.display()))
                     })?;
-                    completed += chunk.len() as u64;
+                    // Without a known size the space was checked for nothing: look again
+                    // every 64 MiB.
+                    if total.is_none() && completed - space_checked >= 64 << 20 {
+                        space_checked = completed;
+                        files.ensure_space(dir, 0)?;
+                    }
                 }
                 Ok(None) => {
                     break total.is_some_and(|t| t != completed).then(|| {
@@ -834,8 +1034,8 @@ fn check_parameters(parameters: &Map<String, Value>) -> Result<(), ServeError> {
 
 /// What a create starts from.
 enum Base {
-    /// A GGUF file to import.
-    Path(PathBuf),
+    /// A GGUF file to import (inside `serve.import_dirs`, open).
+    Path(Importable),
     /// An uploaded blob.
     Blob(String),
     /// An existing model (its manifest's settings are inherited).
@@ -905,15 +1105,9 @@ pub async fn create(
             })?;
         match state.models.find(&from) {
             Ok(file) if !looks_like_path(&from) => Base::Model(file),
-            _ => {
-                let path = expand_home(&from);
-                if !path.is_file() {
-                    return Err(ServeError::BadRequest(format!(
-                        "from {from:?}: no model of that name and no such file"
-                    )));
-                }
-                Base::Path(path)
-            }
+            _ => Base::Path(state.files.open_source(&from).await.map_err(|_| {
+                ServeError::NotFound(format!("from names no model; {NOT_IMPORTABLE}"))
+            })?),
         }
     };
     let mut manifest = match &base {
@@ -925,8 +1119,8 @@ pub async fn create(
                 source: Some(file.path.display().to_string()),
                 ..Manifest::default()
             }),
-        Base::Path(path) => Manifest {
-            source: Some(path.display().to_string()),
+        Base::Path(source) => Manifest {
+            source: Some(source.path.display().to_string()),
             ..Manifest::default()
         },
         Base::Blob(_) => Manifest::default(),
@@ -966,12 +1160,13 @@ pub async fn create(
         manifest.parameters.insert(key, value);
     }
     check_parameters(&manifest.parameters)?;
+    let files = state.files.clone();
     respond(body.stream.unwrap_or(true), move |progress| async move {
         match base {
-            Base::Path(path) => {
+            Base::Path(source) => {
                 progress.status("parsing GGUF").await?;
-                check_gguf(path.clone()).await?;
-                let hex = import(&dir, &path, None, &progress).await?;
+                let shown = source.path.display().to_string();
+                let hex = import(&files, &dir, source.file, shown, None, true, &progress).await?;
                 manifest.gguf = PathBuf::from("blobs").join(format!("sha256-{hex}"));
                 manifest.sha256 = Some(hex);
             }
@@ -990,7 +1185,9 @@ pub async fn create(
                     .await?;
             }
             Base::Model(file) => {
-                let hex = import(&dir, &file.path, None, &progress).await?;
+                let shown = file.path.display().to_string();
+                let src = open_own(&file.path)?;
+                let hex = import(&files, &dir, src, shown, None, false, &progress).await?;
                 manifest.gguf = PathBuf::from("blobs").join(format!("sha256-{hex}"));
                 manifest.sha256 = Some(hex);
             }
@@ -1018,8 +1215,10 @@ pub fn blob_exists(state: &ServeState, digest: &str) -> Result<Response<ServeBod
     }
 }
 
-/// `POST /api/blobs/sha256:<hex>`: stores the body (any size: it streams to disk) when its
-/// sha256 is the one named; else 400 and nothing is kept.
+/// `POST /api/blobs/sha256:<hex>`: stores the body (streamed to disk, up to
+/// `serve.max_model_size`) when its sha256 is the one named; else 400 and nothing is kept.
+/// A `Content-Length` over the limit, or more than the disk can take, is refused before the
+/// body is read (413, 507); a body without one is cut off at the limit (413).
 pub async fn upload_blob(
     state: &ServeState,
     digest: &str,
@@ -1035,12 +1234,22 @@ pub async fn upload_blob(
         blob.display().to_string(),
         &format!("an upload of sha256:{hex}"),
     )?;
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let what = format!("blob sha256:{hex}");
+    if let Some(length) = length {
+        state.files.cap(&what, length)?;
+    }
     let blobs = registry::blobs_dir(&dir);
     tokio::fs::create_dir_all(&blobs)
         .await
         .map_err(|e| internal(format!("cannot create {}: {e}", blobs.display())))?;
+    state.files.ensure_space(&blobs, length.unwrap_or(0))?;
     let tmp = blobs.join(format!(".upload-{hex}"));
-    let result = receive(request.into_body(), &tmp).await;
+    let result = receive(request.into_body(), &tmp, &state.files, &what).await;
     let got = match result {
         Ok(got) => got,
         Err(e) => {
@@ -1060,16 +1269,27 @@ pub async fn upload_blob(
     Ok(empty(StatusCode::CREATED))
 }
 
-/// Streams a request body into `path`, returning its sha256.
-async fn receive(mut body: Incoming, path: &Path) -> Result<String, ServeError> {
+/// Streams a request body into `path`, returning its sha256; stops at
+/// `serve.max_model_size` (the caller deletes `path` on error).
+async fn receive(
+    mut body: Incoming,
+    path: &Path,
+    files: &Files,
+    what: &str,
+) -> Result<String, ServeError> {
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| internal(format!("cannot write {}: {e}", path.display())))?;
     let mut hasher = Sha256::new();
+    let mut received = 0u64;
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| ServeError::BadRequest(format!("cannot read the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
+            received += data.len() as u64;
+            if received > files.max_model_size {
+                return Err(files.over_limit(what, None));
+            }
             hasher.update(&data);
             file.write_all(&data)
                 .await
@@ -1092,7 +1312,7 @@ struct NameRequest {
 }
 
 /// `POST /api/copy`: `destination` becomes another name for `source` (a manifest sharing its
-/// blob; a plain file is first put into the blob store, by hard link when possible).
+/// blob; a plain file is first put into the blob store, copied, never linked).
 pub async fn copy(
     state: &ServeState,
     request: Request<Incoming>,
@@ -1109,7 +1329,10 @@ pub async fn copy(
     let manifest = match file.manifest.as_deref() {
         Some(manifest) => manifest.clone(),
         None => {
-            let hex = import(&dir, &file.path, None, &Progress { tx: None }).await?;
+            let shown = file.path.display().to_string();
+            let src = open_own(&file.path)?;
+            let progress = Progress { tx: None };
+            let hex = import(&state.files, &dir, src, shown, None, false, &progress).await?;
             Manifest {
                 gguf: PathBuf::from("blobs").join(format!("sha256-{hex}")),
                 sha256: Some(hex),

@@ -7,12 +7,16 @@
 //! continuous batching on its own thread and streams text back, cut at [`stop`] sequences.
 //! [`gguf`] reads model metadata without loading the model. Beside the data path, [`manage`]
 //! answers pull/create/copy/delete/blob requests by changing the [`registry`] (named
-//! manifests and content-addressed blobs in the models directory).
+//! manifests and content-addressed blobs in the models directory), reading server-side files
+//! only through [`imports`] (inside `serve.import_dirs`) and the network only through
+//! [`egress`] (no loopback, private or metadata addresses unless allowed).
 
 pub mod api;
+pub mod egress;
 pub mod engine;
 pub mod gguf;
 pub mod http;
+pub mod imports;
 pub mod manage;
 pub mod models;
 pub mod openai;
@@ -43,6 +47,8 @@ pub struct ServeState {
     /// Tokens and the browser policy, checked before any handler (see [`crate::guard`]).
     pub keys: crate::guard::Keys,
     pub access: crate::guard::Access,
+    /// What model management may read, reach and write (import dirs, pull policy, sizes).
+    pub files: std::sync::Arc<manage::Files>,
 }
 
 /// Validated settings of `rawrxd serve`.
@@ -60,10 +66,31 @@ pub struct ServeConfig {
     pub keys: crate::guard::Keys,
     /// The `Host` and `Origin` policy (see [`crate::guard::Access`]).
     pub access: crate::guard::Access,
+    /// `serve.import_dirs`, as configured (each an existing directory).
+    pub import_dirs: Vec<PathBuf>,
+    /// `serve.pull_allow_private` and `serve.pull_allowed_hosts`.
+    pub pull_policy: egress::PullPolicy,
+    /// `serve.max_model_size`, bytes.
+    pub max_model_size: u64,
+    /// `serve.min_free_space`, bytes.
+    pub min_free_space: u64,
 }
 
+/// Abandoned downloads and temporary files older than this are removed at start.
+const ABANDONED_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl ServeState {
+    /// The shared state; first sweeps the models directory of abandoned downloads and
+    /// temporary files (older than a day), logging each.
     pub fn new(config: &ServeConfig) -> Self {
+        if let Some(dir) = &config.models_dir {
+            for (path, len) in registry::sweep_abandoned(dir, ABANDONED_AFTER) {
+                tracing::info!(
+                    "removed {} ({len} bytes): abandoned for more than a day",
+                    path.display()
+                );
+            }
+        }
         Self {
             models: Models::new(
                 config.models_dir.clone(),
@@ -72,6 +99,12 @@ impl ServeState {
             ),
             max_body: config.max_body,
             in_flight: std::sync::Arc::default(),
+            files: std::sync::Arc::new(manage::Files {
+                import_dirs: config.import_dirs.clone(),
+                puller: egress::Puller::new(config.pull_policy.clone()),
+                max_model_size: config.max_model_size,
+                min_free_space: config.min_free_space,
+            }),
             preloading: std::sync::atomic::AtomicBool::new(config.preload),
             keys: config.keys.clone(),
             access: config.access.clone(),
@@ -237,12 +270,54 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
     )
     .map_err(|e| errors.extend(e))
     .ok();
+    for dir in &raw.import_dirs {
+        if !dir.is_absolute() {
+            errors.push(format!(
+                "serve.import_dirs: {} is not an absolute path",
+                dir.display()
+            ));
+        } else if !dir.is_dir() {
+            errors.push(format!(
+                "serve.import_dirs: {} is not a directory",
+                dir.display()
+            ));
+        }
+    }
+    let pull_policy =
+        egress::PullPolicy::new(raw.pull_allow_private, &raw.pull_allowed_hosts.items())
+            .map_err(|e| errors.extend(e))
+            .ok();
+    let mut size = |key: &str, value: &crate::config::ByteSize| {
+        value
+            .to_bytes()
+            .map_err(|e| errors.push(format!("serve.{key}: {e}")))
+            .ok()
+    };
+    let max_model_size = size("max_model_size", &raw.max_model_size);
+    let min_free_space = size("min_free_space", &raw.min_free_space);
+    if max_model_size == Some(0) {
+        errors.push("serve.max_model_size must be more than 0".into());
+    }
     let threads = raw
         .threads
         .unwrap_or_else(|| models::physical_cores() as u32)
         .clamp(1, 1024);
-    match (listen, access, errors.is_empty()) {
-        (Some(listen), Some(access), true) => Ok(ServeConfig {
+    match (
+        listen,
+        access,
+        pull_policy,
+        max_model_size,
+        min_free_space,
+        errors.is_empty(),
+    ) {
+        (
+            Some(listen),
+            Some(access),
+            Some(pull_policy),
+            Some(max_model_size),
+            Some(min_free_space),
+            true,
+        ) => Ok(ServeConfig {
             listen,
             models_dir: raw.models.clone().or_else(default_models_dir),
             models,
@@ -256,6 +331,10 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
             max_body: 100 << 20,
             preload: raw.preload,
             shutdown_grace: Duration::from_secs(30),
+            import_dirs: raw.import_dirs.clone(),
+            pull_policy,
+            max_model_size,
+            min_free_space,
             keys,
             access,
         }),
@@ -380,5 +459,66 @@ mod tests {
             assert!(err.contains("x:1") && err.contains("not a file"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, not ours
+    fn model_management_limits_validate_together() {
+        let defaults = validate(&crate::config::RawServe::default()).unwrap();
+        assert!(defaults.import_dirs.is_empty());
+        assert_eq!(defaults.max_model_size, 64 << 30);
+        assert_eq!(defaults.min_free_space, 1 << 30);
+        assert!(defaults
+            .pull_policy
+            .check("127.0.0.1", "127.0.0.1".parse().unwrap())
+            .is_err());
+        let raw = crate::config::RawServe {
+            import_dirs: vec!["relative".into(), "/no/such/rawrxd/dir".into()],
+            pull_allowed_hosts: crate::config::StringList::Items(vec!["not a host".into()]),
+            max_model_size: crate::config::ByteSize::Text("lots".into()),
+            min_free_space: crate::config::ByteSize::Text("1 parsec".into()),
+            ..crate::config::RawServe::default()
+        };
+        let err = validate(&raw).unwrap_err();
+        for needle in [
+            "relative is not an absolute path",
+            "/no/such/rawrxd/dir is not a directory",
+            "serve.pull_allowed_hosts: \"not a host\"",
+            "serve.max_model_size",
+            "serve.min_free_space",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let raw = crate::config::RawServe {
+            import_dirs: vec![std::env::temp_dir()],
+            pull_allow_private: true,
+            pull_allowed_hosts: crate::config::StringList::Items(vec![
+                "mirror.lan".into(),
+                "10.1.0.0/16".into(),
+            ]),
+            max_model_size: crate::config::ByteSize::Text("2TiB".into()),
+            ..crate::config::RawServe::default()
+        };
+        let config = validate(&raw).unwrap();
+        assert_eq!(config.max_model_size, 2 << 40);
+        // Lists from the environment, written as TOML arrays.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "RAWRXD_SERVE_PULL_ALLOWED_HOSTS",
+                "[\"mirror.lan\", \"10.0.0.0/8\"]",
+            );
+            jail.set_env("RAWRXD_SERVE_MAX_MODEL_SIZE", "1GiB");
+            let config = ServeArgs::default().validate().unwrap();
+            assert!(config
+                .pull_policy
+                .check("x", "10.2.3.4".parse().unwrap())
+                .is_ok());
+            assert_eq!(config.max_model_size, 1 << 30);
+            Ok(())
+        });
+        assert!(config
+            .pull_policy
+            .check("127.0.0.1", "127.0.0.1".parse().unwrap())
+            .is_ok());
     }
 }

@@ -8,11 +8,16 @@
 //! blobs/sha256-<hex>             model data by content (pulled, created, copied, uploaded)
 //! blobs/partial-<key>            a download in progress, resumed by the next pull of its URL
 //! blobs/partial-<key>.json       … its URL and validators (ETag, Last-Modified, size)
+//! blobs/.import-<pid>-<n>        a file being copied in (create/pull from a path, copy)
+//! blobs/.upload-<hex>            a blob being uploaded
 //! manifests/<name>/<tag>.json    a named model: its blob and defaults
+//! .<file>.tmp-<pid>              an atomic write in progress (next to its file)
 //! ```
 //!
 //! Every manifest and blob appears by an atomic rename, so a crash never leaves a half-written
-//! one that the server would list.
+//! one that the server would list; what a crash does leave (the temporary names above) is
+//! swept at the next start once it is a day old ([`sweep_abandoned`]). Imported files are
+//! always copied, never hard-linked, so nobody can change a blob under its digest.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -296,43 +301,163 @@ pub fn hash_into(
     Ok(done)
 }
 
-/// Puts `src` into the blob store under its sha256 (a hard link when the file system allows,
-/// else a copy) and returns the hex digest. `expected`, when given, must match or nothing is
-/// stored.
-pub fn import_file(
+/// Why a file could not be put into the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{what} is larger than {limit} bytes")]
+    TooLarge { what: String, limit: u64 },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A copy in the blob store under a temporary name (`blobs/.import-…`), hashed; removed when
+/// dropped unless [`Staged::commit`] moved it to its blob.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    pub hex: String,
+    pub len: u64,
+}
+
+impl Staged {
+    /// The temporary copy (to check before committing).
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Moves the copy to `blobs/sha256-<hex>` (or drops it when that blob already exists)
+    /// and returns the hex digest.
+    pub fn commit(self, dir: &Path) -> std::io::Result<String> {
+        let blob = blob_path(dir, &self.hex);
+        if !blob.is_file() {
+            std::fs::rename(&self.tmp, &blob)?;
+        }
+        Ok(self.hex.clone())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // After a commit the temporary name is gone (renamed) or a duplicate: either way
+        // there is nothing left to keep.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Temporary names in `blobs/` that only one writer ever uses.
+fn temp_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Copies `src` (an open file: the caller checked what it is) into the blob store, hashing
+/// as it goes, and returns the staged copy. Always a copy, never a hard link: a link would
+/// let whoever can write the source change the blob under its digest. `what` names the
+/// source in errors; more than `limit` bytes (the file grew) stops the copy.
+pub fn copy_in(
     dir: &Path,
-    src: &Path,
-    expected: Option<&str>,
-    progress: impl FnMut(u64),
-) -> Result<String, String> {
+    src: &mut impl Read,
+    what: &str,
+    limit: Option<u64>,
+    mut progress: impl FnMut(u64),
+) -> Result<Staged, ImportError> {
+    let blobs = blobs_dir(dir);
+    std::fs::create_dir_all(&blobs)
+        .map_err(|e| ImportError::Io(format!("cannot create {}: {e}", blobs.display())))?;
+    let mut staged = Staged {
+        tmp: blobs.join(temp_name("import")),
+        hex: String::new(),
+        len: 0,
+    };
+    let write_error = |e: std::io::Error| ImportError::Io(format!("cannot store {what}: {e}"));
+    let mut out = File::create(&staged.tmp).map_err(write_error)?;
     let mut hasher = Sha256::new();
-    hash_into(src, &mut hasher, progress)
-        .map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-    let hex = hex(hasher);
-    if let Some(expected) = expected {
-        if expected != hex {
-            return Err(format!(
-                "sha256 digest mismatch for {}: expected {expected}, got {hex}",
-                src.display()
-            ));
+    let mut buf = vec![0u8; 1 << 20];
+    let mut reported = 0u64;
+    loop {
+        let n = src
+            .read(&mut buf)
+            .map_err(|e| ImportError::Io(format!("cannot read {what}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        staged.len += n as u64;
+        if let Some(limit) = limit.filter(|l| staged.len > *l) {
+            return Err(ImportError::TooLarge {
+                what: what.to_string(),
+                limit,
+            });
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(write_error)?;
+        if staged.len - reported >= 64 << 20 {
+            reported = staged.len;
+            progress(staged.len);
         }
     }
-    let blob = blob_path(dir, &hex);
-    if blob.is_file() {
-        return Ok(hex);
+    progress(staged.len);
+    out.sync_all().map_err(write_error)?;
+    staged.hex = hex(hasher);
+    Ok(staged)
+}
+
+/// Files in the models directory nothing owns any more, left by a process that stopped
+/// mid-way: `blobs/partial-*` downloads and their `.json` sidecars, `blobs/.import-*` and
+/// `blobs/.upload-*` copies, and [`write_atomic`]'s `.<name>.tmp-<pid>` files (in `blobs/`
+/// and under `manifests/`). Only those last modified more than `age` ago are removed (a pull
+/// resumes a recent partial download; another server may be writing a fresh one). Returns
+/// what was removed, with sizes.
+pub fn sweep_abandoned(dir: &Path, age: std::time::Duration) -> Vec<(PathBuf, u64)> {
+    let is_temp = |name: &str| name.starts_with('.') && name.contains(".tmp-");
+    let mut candidates = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(blobs_dir(dir)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with("partial-")
+                || name.starts_with(".import-")
+                || name.starts_with(".upload-")
+                || is_temp(&name)
+            {
+                candidates.push(entry.path());
+            }
+        }
     }
-    std::fs::create_dir_all(blobs_dir(dir))
-        .map_err(|e| format!("cannot create {}: {e}", blobs_dir(dir).display()))?;
-    let tmp = blobs_dir(dir).join(format!(".import-{hex}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::hard_link(src, &tmp)
-        .or_else(|_| std::fs::copy(src, &tmp).map(|_| ()))
-        .and_then(|()| std::fs::rename(&tmp, &blob))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("cannot store {} as a blob: {e}", src.display())
-        })?;
-    Ok(hex)
+    let mut folders = vec![(manifests_dir(dir), 0)];
+    while let Some((folder, depth)) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && depth < 2 {
+                folders.push((path, depth + 1));
+            } else if !is_dir && is_temp(&entry.file_name().to_string_lossy()) {
+                candidates.push(path);
+            }
+        }
+    }
+    let now = std::time::SystemTime::now();
+    let mut removed = Vec::new();
+    for path in candidates {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if old && meta.is_file() && std::fs::remove_file(&path).is_ok() {
+            removed.push((path, meta.len()));
+        }
+    }
+    removed
 }
 
 #[cfg(test)]
@@ -372,9 +497,24 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let src = dir.join("src.gguf");
         std::fs::write(&src, b"GGUF data").unwrap();
-        let hex = import_file(&dir, &src, None, |_| {}).unwrap();
-        assert!(blob_path(&dir, &hex).is_file());
-        assert!(import_file(&dir, &src, Some(&"0".repeat(64)), |_| {}).is_err());
+        let staged = copy_in(&dir, &mut File::open(&src).unwrap(), "src", None, |_| {}).unwrap();
+        let tmp = staged.path().to_path_buf();
+        assert!(tmp.is_file());
+        let hex = staged.commit(&dir).unwrap();
+        assert_eq!(hex, super::hex(Sha256::new_with_prefix(b"GGUF data")));
+        assert!(blob_path(&dir, &hex).is_file() && !tmp.exists());
+        // A copy, not a link: changing the source leaves the blob as it was.
+        std::fs::write(&src, b"GGUF changed").unwrap();
+        assert_eq!(std::fs::read(blob_path(&dir, &hex)).unwrap(), b"GGUF data");
+        let dropped = copy_in(&dir, &mut &b"abc"[..], "x", None, |_| {}).unwrap();
+        let tmp = dropped.path().to_path_buf();
+        drop(dropped);
+        assert!(!tmp.exists(), "an uncommitted copy is removed");
+        let over = copy_in(&dir, &mut &[0u8; 10][..], "ten bytes", Some(9), |_| {});
+        assert_eq!(
+            over.unwrap_err().to_string(),
+            "ten bytes is larger than 9 bytes"
+        );
         let manifest = Manifest {
             gguf: PathBuf::from(format!("blobs/sha256-{hex}")),
             sha256: Some(hex.clone()),
@@ -399,6 +539,57 @@ mod tests {
         assert!(remove_manifest(&dir, &b).unwrap());
         assert!(!blob_path(&dir, &hex).exists(), "last user gone");
         assert!(!remove_manifest(&dir, &b).unwrap());
+        assert_eq!(
+            std::fs::read_dir(blobs_dir(&dir)).unwrap().count(),
+            0,
+            "no temporary file is left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn abandoned_downloads_and_temporary_files_are_swept_when_old() {
+        let dir = std::env::temp_dir().join(format!("rawrxd-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("blobs")).unwrap();
+        std::fs::create_dir_all(dir.join("manifests/ns/m")).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+        let write = |rel: &str, stale: bool| {
+            let path = dir.join(rel);
+            std::fs::write(&path, b"x").unwrap();
+            if stale {
+                File::options()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+            path
+        };
+        let gone = [
+            write("blobs/partial-aaaa", true),
+            write("blobs/partial-aaaa.json", true),
+            write("blobs/.import-1-0", true),
+            write("blobs/.upload-abc", true),
+            write("blobs/.partial-aaaa.json.tmp-77", true),
+            write("manifests/ns/m/.v1.json.tmp-77", true),
+        ];
+        let kept = [
+            write("blobs/partial-bbbb", false),
+            write("blobs/.import-1-1", false),
+            write("blobs/sha256-0000", true),
+            write("manifests/ns/m/v1.json", true),
+            write("old.gguf", true),
+        ];
+        let removed = sweep_abandoned(&dir, std::time::Duration::from_secs(86_400));
+        let mut removed: Vec<PathBuf> = removed.into_iter().map(|(p, _)| p).collect();
+        removed.sort();
+        let mut expected = gone.to_vec();
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(gone.iter().all(|p| !p.exists()));
+        assert!(kept.iter().all(|p| p.exists()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
