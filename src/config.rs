@@ -68,6 +68,8 @@ pub struct RawServe {
     pub queue: usize,
     /// Load the configured models at start.
     pub preload: bool,
+    /// Most models loaded at once; loading another unloads the least recently used idle one.
+    pub max_loaded: usize,
 }
 
 impl Default for RawServe {
@@ -81,6 +83,7 @@ impl Default for RawServe {
             ctx: 4096,
             queue: 64,
             preload: false,
+            max_loaded: 2,
         }
     }
 }
@@ -105,6 +108,8 @@ pub struct ServeOverrides {
     pub queue: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preload: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_loaded: Option<usize>,
 }
 
 /// `[proxy]` as written by the user; every field has a default.
