@@ -1994,7 +1994,8 @@ fn issue_13_max_loaded_unloads_the_least_recently_used_idle_model() {
     let dir = fresh_dir("max-loaded");
     // A second file with the same bytes: a different file, so a different engine.
     std::fs::copy(model_path(), dir.join("second.gguf")).unwrap();
-    let addr = launch_bounded(&dir, vec![model_path()], 0, 1);
+    // One queue place: the busy answer below comes from max_loaded, not from a full queue.
+    let addr = launch_bounded(&dir, vec![model_path()], 1, 1);
     let first = format!("{MODEL}:latest");
     generate_on(addr, short(MODEL));
     assert_eq!(ps_names(addr), vec![first.clone()]);

@@ -133,6 +133,19 @@ struct Queued {
     _ticket: Ticket,
 }
 
+impl Queued {
+    /// Sends the request's last event (`Done`, `Error`, `Rejected`) after giving back its
+    /// admission place, so a client that has its answer never finds the engine still busy
+    /// with it.
+    fn finish(self, event: Event) {
+        let Queued {
+            events, _ticket, ..
+        } = self;
+        drop(_ticket);
+        let _ = events.send(event);
+    }
+}
+
 /// Texts to embed, one vector each (mean-pooled over the tokens).
 #[derive(Debug, Clone)]
 pub struct EmbedJob {
@@ -470,8 +483,10 @@ fn worker(
                     embeds.pop_front();
                 }
                 EmbedStep::Done(result) => {
-                    if let Some(work) = embeds.pop_front() {
-                        let _ = work.reply.send(result);
+                    if let Some(EmbedWork { reply, _ticket, .. }) = embeds.pop_front() {
+                        // The place is given back before the answer, as in `Queued::finish`.
+                        drop(_ticket);
+                        let _ = reply.send(result);
                     }
                 }
             }
@@ -544,10 +559,9 @@ fn worker(
             tracing::warn!("decode failed: {e}");
             for slot in &mut slots {
                 if let Some(active) = slot.active.take() {
-                    let _ = active
+                    active
                         .queued
-                        .events
-                        .send(Event::Error(format!("inference failed: {e}")));
+                        .finish(Event::Error(format!("inference failed: {e}")));
                 }
                 slot.cache.clear();
                 let _ = ctx.clear_kv_cache_seq(Some(slot.id as u32), None, None);
@@ -589,20 +603,18 @@ fn admit(
         .map_or(config.ctx_per_slot, |n| n.clamp(1, config.ctx_per_slot))
         as usize;
     if tokens.is_empty() {
-        let _ = queued
-            .events
-            .send(Event::Rejected("the prompt is empty".into()));
+        queued.finish(Event::Rejected("the prompt is empty".into()));
         return;
     }
     if tokens.len() >= limit_ctx {
-        let _ = queued.events.send(Event::Rejected(format!(
+        queued.finish(Event::Rejected(format!(
             "the prompt is {} tokens, more than the context length of {limit_ctx}",
             tokens.len()
         )));
         return;
     }
     if let Some(bad) = tokens.iter().find(|t| t.0 < 0 || t.0 >= model.n_vocab()) {
-        let _ = queued.events.send(Event::Rejected(format!(
+        queued.finish(Event::Rejected(format!(
             "invalid token {} in context",
             bad.0
         )));
@@ -616,7 +628,7 @@ fn admit(
     ) {
         Ok(s) => s,
         Err(e) => {
-            let _ = queued.events.send(Event::Rejected(e));
+            queued.finish(Event::Rejected(e));
             return;
         }
     };
@@ -917,7 +929,7 @@ fn step(model: &LlamaModel, ctx: &LlamaContext<'_>, slot: &mut Slot, at: i32) {
         eval_duration: first.elapsed(),
         context: std::mem::take(&mut active.all_tokens),
     };
-    let _ = active.queued.events.send(Event::Done(done));
+    active.queued.finish(Event::Done(done));
 }
 
 /// Removes and returns the longest valid UTF-8 prefix of `buf`; an incomplete character at

@@ -79,7 +79,7 @@ pub enum GgufError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is not a valid GGUF file: {reason}")]
+    #[error("{path} is not a GGUF file: {reason}")]
     Invalid { path: String, reason: String },
 }
 

@@ -18,8 +18,8 @@
 //! every request; [`Models::reap`] unloads expired idle models. At most `max_loaded` engines
 //! exist: loading another first unloads the least recently used idle one; **an engine with a
 //! request in flight (or a response still streaming) is never unloaded** — when every loaded
-//! engine is busy the load is refused with [`ModelError::AllBusy`] (503), at once, rather than
-//! queued. Loads are serialised; `/health` reports 503 while one is in progress.
+//! engine is busy the load is refused with [`ModelError::AllBusy`] (503) after a short grace
+//! (`IDLE_WAIT`, 1 s, for responses finishing their last bytes), rather than queued. Loads are serialised; `/health` reports 503 while one is in progress.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future as _;
@@ -45,6 +45,10 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long an unloaded engine is given to free its model before the next one loads.
 const UNLOAD_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a load waits for a loaded model to become idle (a response finishing its last
+/// bytes) before answering that all are busy.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// What identifies a file's content on disk: equal for every path and name that reaches the
 /// same file (symlinks and hard links included), different once it is replaced or rewritten.
@@ -160,8 +164,7 @@ impl Loaded {
     }
 
     fn expired(&self, now: Instant) -> bool {
-        let expires = self.use_state().expires;
-        expires.is_some_and(|at| at <= now) && self.engine.in_flight() == 0
+        self.use_state().expires.is_some_and(|at| at <= now)
     }
 }
 
@@ -322,12 +325,12 @@ impl Models {
         self.inner.catalog.load_full()
     }
 
-    /// Rescans the models now (blocking: directory listing, manifests, `stat`s; headers of
-    /// new files are then read by the background thread). For model management, after it
-    /// changed the directory; from async code use [`Models::refresh_async`].
+    /// Rescans the models now and reads the headers of new files (blocking: directory
+    /// listing, manifests, `stat`s, new headers). For model management, after it changed the
+    /// directory; from async code use [`Models::refresh_async`].
     pub fn refresh(&self) {
         self.inner.rescan();
-        self.invalidate();
+        self.inner.read_new_metas();
     }
 
     /// [`Models::refresh`] off the async threads.
@@ -491,28 +494,19 @@ impl Models {
     /// waits for their workers to free their models. Called under the load lock.
     async fn make_room(&self, file: &ModelFile) -> Result<(), ModelError> {
         let mut stopping = Vec::new();
-        {
-            let mut map = self.inner.lock_loaded();
-            while map.len() >= self.inner.max_loaded {
-                let victim = map
-                    .iter()
-                    .filter(|(_, l)| idle(l))
-                    .min_by_key(|(_, l)| l.last_used())
-                    .map(|(key, _)| key.clone());
-                let Some(key) = victim else {
+        let busy_since = Instant::now();
+        loop {
+            match self.evict_one(file) {
+                Eviction::Room => break,
+                Eviction::Evicted(stopped) => stopping.push(stopped),
+                Eviction::AllBusy if busy_since.elapsed() < IDLE_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Eviction::AllBusy => {
                     return Err(ModelError::AllBusy {
                         name: file.tagged(),
                         max_loaded: self.inner.max_loaded,
-                    });
-                };
-                if let Some(old) = map.remove(&key) {
-                    tracing::info!(
-                        model = %old.file.tagged(),
-                        "model unloaded to make room for {} (max_loaded {})",
-                        file.tagged(),
-                        self.inner.max_loaded
-                    );
-                    stopping.push(old.engine.stopped());
+                    })
                 }
             }
         }
@@ -522,6 +516,32 @@ impl Models {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+
+    /// One step of [`Models::make_room`]: room already, or the least recently used idle engine
+    /// unloaded (its worker's "stopped" check returned), or none idle.
+    fn evict_one(&self, file: &ModelFile) -> Eviction {
+        let mut map = self.inner.lock_loaded();
+        if map.len() < self.inner.max_loaded {
+            return Eviction::Room;
+        }
+        let victim = map
+            .iter()
+            .filter(|(_, l)| idle(l))
+            .min_by_key(|(_, l)| l.last_used())
+            .map(|(key, _)| key.clone());
+        match victim.and_then(|key| map.remove(&key)) {
+            Some(old) => {
+                tracing::info!(
+                    model = %old.file.tagged(),
+                    "model unloaded to make room for {} (max_loaded {})",
+                    file.tagged(),
+                    self.inner.max_loaded
+                );
+                Eviction::Evicted(Box::new(old.engine.stopped()))
+            }
+            None => Eviction::AllBusy,
+        }
     }
 
     /// Unloads `name`'s engine now if it is loaded (its running requests finish first: the
@@ -537,12 +557,13 @@ impl Models {
         removed.is_some()
     }
 
-    /// Unloads every model whose keep-alive is over and that has no request in flight.
+    /// Unloads every model whose keep-alive is over and that is idle (nothing in flight, no
+    /// response streaming).
     pub fn reap(&self) {
         let now = Instant::now();
         let mut map = self.inner.lock_loaded();
         map.retain(|_, l| {
-            let expired = l.expired(now);
+            let expired = l.expired(now) && idle(l);
             if expired {
                 tracing::info!(model = %l.file.tagged(), "keep_alive over; model unloaded");
             }
@@ -711,6 +732,13 @@ impl Body for RefreshOnEnd {
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
+}
+
+/// What [`Models::evict_one`] did.
+enum Eviction {
+    Room,
+    Evicted(Box<dyn Fn() -> bool + Send + Sync>),
+    AllBusy,
 }
 
 /// Counts a load in progress, also when the loading request is cancelled.
