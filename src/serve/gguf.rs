@@ -931,6 +931,42 @@ mod tests {
         assert!(err.contains("runs past the end of the file"), "{err}");
     }
 
+    /// The fuzz target's seeds (written by `fuzz/gguf_seeds.py`) are what their names say:
+    /// `valid-*` and `real-small-keys` parse (so the fuzzer's cross-check with ggml starts from
+    /// accepted files), the crafted ones fail.
+    #[test]
+    fn fuzz_seeds_parse_as_labelled() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf_reader");
+        let mut seen = 0;
+        for name in [
+            "valid-tiny",
+            "valid-tensors",
+            "valid-arrays",
+            "real-small-keys",
+            "real-prefix-4k",
+            "huge-string",
+            "huge-key",
+            "huge-array",
+            "huge-counts",
+            "nested-array",
+            "bad-type",
+            "bad-alignment",
+            "bad-tensor-type",
+            "bad-offset",
+            "truncated",
+            "split",
+        ] {
+            let Ok(bytes) = std::fs::read(dir.join(name)) else {
+                continue;
+            };
+            seen += 1;
+            let result = parse_bytes(&bytes, Limits::DEFAULT);
+            let valid = name.starts_with("valid-") || name == "real-small-keys";
+            assert_eq!(result.is_ok(), valid, "{name}: {result:?}");
+        }
+        assert!(seen >= 14, "seeds missing in {}", dir.display());
+    }
+
     /// The real model parses, and ggml agrees on its tensor data layout.
     #[test]
     fn the_test_model_parses() {
