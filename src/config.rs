@@ -90,6 +90,8 @@ pub struct RawServe {
     pub pull_allowed_hosts: StringList,
     pub max_model_size: ByteSize,
     pub min_free_space: ByteSize,
+    /// Most models loaded at once; loading another unloads the least recently used idle one.
+    pub max_loaded: usize,
 }
 
 impl Default for RawServe {
@@ -112,6 +114,7 @@ impl Default for RawServe {
             pull_allowed_hosts: StringList::default(),
             max_model_size: ByteSize::Text("64GiB".into()),
             min_free_space: ByteSize::Text("1GiB".into()),
+            max_loaded: 2,
         }
     }
 }
@@ -138,6 +141,8 @@ pub struct ServeOverrides {
     pub preload: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_loaded: Option<usize>,
 }
 
 /// `[proxy]` as written by the user; every field has a default.

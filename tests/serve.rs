@@ -50,6 +50,7 @@ fn start_server(parallel: u32, ctx: u32, max_body: usize) -> SocketAddr {
             ctx_size: Some(ctx),
             queue: Some(16),
             preload: false,
+            max_loaded: None,
         },
     };
     let mut config = args.validate().unwrap();
@@ -746,6 +747,7 @@ fn full_queue_is_503_and_keep_alive_zero_unloads() {
             ctx_size: Some(2048),
             queue: Some(0),
             preload: false,
+            max_loaded: None,
         },
     };
     let addr = launch(args.validate().unwrap());
@@ -1213,6 +1215,7 @@ fn models_args(dir: &std::path::Path, config: Option<PathBuf>) -> ServeArgs {
             ctx_size: Some(512),
             queue: Some(4),
             preload: false,
+            max_loaded: None,
         },
     }
 }
@@ -2437,4 +2440,285 @@ fn abandoned_partial_downloads_are_removed_at_start() {
         assert!(path.exists(), "{} was kept", path.display());
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 13: every resource bounded (engines per file, max_loaded, embeddings, cached list).
+
+/// A server with `dir` as its models directory, `model` files, one slot, `queue` waiting
+/// places and at most `max_loaded` models.
+fn launch_bounded(
+    dir: &std::path::Path,
+    model: Vec<PathBuf>,
+    queue: usize,
+    max_loaded: usize,
+) -> SocketAddr {
+    let args = ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        config: None,
+        admin_token: None,
+        engine: EngineFlags {
+            models: Some(dir.to_path_buf()),
+            model: model.iter().map(|p| p.display().to_string()).collect(),
+            parallel: Some(1),
+            threads: Some(2),
+            ctx_size: Some(512),
+            queue: Some(queue),
+            preload: false,
+            max_loaded: Some(max_loaded),
+        },
+    };
+    launch(args.validate().unwrap())
+}
+
+/// Names of the loaded models, from `/api/ps`.
+fn ps_names(addr: SocketAddr) -> Vec<String> {
+    call(addr, "GET", "/api/ps", None, "").json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The `rawrxd` counters of the one loaded model in `/api/ps` (`Null` when none is).
+fn ps_counters(addr: SocketAddr) -> Value {
+    call(addr, "GET", "/api/ps", None, "").json()["models"][0]["rawrxd"].clone()
+}
+
+fn short(model: &str) -> Value {
+    json!({"model": model, "prompt": "Hi", "stream": false, "options": {"num_predict": 2}})
+}
+
+/// Starts a long streamed generation on `model` and returns once tokens flow; the request
+/// holds its engine (and its admission place) until the reader is dropped.
+fn hold(addr: SocketAddr, model: &str) -> BufReader<TcpStream> {
+    let long = json!({"model": model, "prompt": "Count to a million:",
+                      "options": {"num_predict": 3000, "temperature": 1.5}});
+    let stream = send_raw(
+        addr,
+        "POST",
+        "/api/generate",
+        Some(long.to_string().as_bytes()),
+        "",
+    );
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.contains("\"response\"") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        assert!(!line.contains("\"error\""), "{line}");
+    }
+    reader
+}
+
+/// Posts `body` until the answer is not a 503 (for up to 20 s) and returns it.
+fn post_until_not_busy(addr: SocketAddr, path: &str, body: &Value) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = post_to(addr, path, body);
+        if reply.status != 503 || Instant::now() > deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Engines are keyed by the file: `/api/copy`'d names (one blob) and a symlink to the
+/// `--model` file share an engine with their original.
+#[test]
+fn issue_13_names_of_one_file_share_one_engine() {
+    use std::os::unix::fs::MetadataExt;
+    let _shared = shared();
+    let dir = fresh_dir("one-engine");
+    std::os::unix::fs::symlink(model_path(), dir.join("linked.gguf")).unwrap();
+    let addr = launch_bounded(&dir, vec![model_path()], 4, 2);
+    for (from, to) in [(MODEL, "copied:v1"), ("copied:v1", "again:v2")] {
+        let reply = post_to(
+            addr,
+            "/api/copy",
+            &json!({"source": from, "destination": to}),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    // The copies are listed at once (the list is refreshed before /api/copy answers).
+    let names = tag_names(addr);
+    for name in [
+        "copied:v1",
+        "again:v2",
+        "linked:latest",
+        &format!("{MODEL}:latest"),
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing in {names:?}"
+        );
+    }
+    for name in ["copied:v1", "again:v2"] {
+        generate_on(addr, short(name));
+    }
+    assert_eq!(ps_names(addr).len(), 1, "two names of one blob, one engine");
+    for name in [MODEL, "linked"] {
+        generate_on(addr, short(name));
+    }
+    // The --model file and its symlink are one file; the blob is that file too when the
+    // copy could hard-link it, else a second file with a second engine.
+    let tags = call(addr, "GET", "/api/tags", None, "").json();
+    let digest = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "copied:v1")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = std::fs::metadata(dir.join("blobs").join(format!("sha256-{digest}"))).unwrap();
+    let original = std::fs::metadata(model_path()).unwrap();
+    let files = if (blob.dev(), blob.ino()) == (original.dev(), original.ino()) {
+        1
+    } else {
+        2
+    };
+    assert_eq!(ps_names(addr).len(), files, "{:?}", ps_names(addr));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `max_loaded = 1` with two different files: loading the second unloads the first; while
+/// the loaded one has a request in flight, loading another is refused with 503 (never
+/// unloading it), and works once it is idle.
+#[test]
+fn issue_13_max_loaded_unloads_the_least_recently_used_idle_model() {
+    let _shared = shared();
+    let dir = fresh_dir("max-loaded");
+    // A second file with the same bytes: a different file, so a different engine.
+    std::fs::copy(model_path(), dir.join("second.gguf")).unwrap();
+    // One queue place: the busy answer below comes from max_loaded, not from a full queue.
+    let addr = launch_bounded(&dir, vec![model_path()], 1, 1);
+    let first = format!("{MODEL}:latest");
+    generate_on(addr, short(MODEL));
+    assert_eq!(ps_names(addr), vec![first.clone()]);
+    generate_on(addr, short("second"));
+    assert_eq!(ps_names(addr), vec!["second:latest".to_string()]);
+
+    let held = hold(addr, "second");
+    let busy = post_to(addr, "/api/generate", &short(MODEL));
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    let message = busy.json()["error"].as_str().unwrap().to_string();
+    assert!(message.contains("max_loaded"), "{message}");
+    assert_eq!(ps_names(addr), vec!["second:latest".to_string()]);
+    drop(held);
+
+    let reply = post_until_not_busy(addr, "/api/generate", &short(MODEL));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(ps_names(addr), vec![first]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Embeddings take an admission place like a generation: with one slot and no queue, all
+/// three embedding endpoints answer 503 while a generation runs, and work once it is gone.
+#[test]
+fn issue_13_embeddings_share_the_queue_cap() {
+    let _shared = shared();
+    let dir = fresh_dir("embed-cap");
+    let addr = launch_bounded(&dir, vec![model_path()], 0, 2);
+    let held = hold(addr, MODEL);
+    for (path, body) in [
+        ("/api/embed", json!({"model": MODEL, "input": ["a", "b"]})),
+        ("/api/embeddings", json!({"model": MODEL, "prompt": "a"})),
+        ("/v1/embeddings", json!({"model": MODEL, "input": "a"})),
+    ] {
+        let reply = post_to(addr, path, &body);
+        assert_eq!(reply.status, 503, "{path}: {}", reply.text());
+        assert!(reply.text().contains("busy"), "{path}: {}", reply.text());
+    }
+    drop(held);
+    let reply = post_until_not_busy(
+        addr,
+        "/api/embed",
+        &json!({"model": MODEL, "input": ["a", "b"]}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["embeddings"].as_array().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A long batch of embedding inputs stops being computed soon after its client hangs up,
+/// for `/api/embed` and `/v1/embeddings`.
+#[test]
+fn issue_13_embedding_stops_when_the_client_leaves() {
+    let _shared = shared();
+    let dir = fresh_dir("embed-cancel");
+    let addr = launch_bounded(&dir, vec![model_path()], 4, 2);
+    const INPUTS: u64 = 4000;
+    let inputs: Vec<String> = (0..INPUTS)
+        .map(|i| format!("input number {i}: a sentence of a few words to embed"))
+        .collect();
+    for (round, path) in ["/api/embed", "/v1/embeddings"].into_iter().enumerate() {
+        let before = ps_counters(addr)["embed_inputs"].as_u64().unwrap_or(0);
+        let body = json!({"model": MODEL, "input": inputs});
+        let stream = send_raw(addr, "POST", path, Some(body.to_string().as_bytes()), "");
+        // Wait until the work has started, then hang up.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ps_counters(addr)["embed_inputs"].as_u64().unwrap_or(0) < before + 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{path}: the embedding never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(stream);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ps_counters(addr)["embeds_cancelled"].as_u64().unwrap() < round as u64 + 1 {
+            assert!(Instant::now() < deadline, "{path}: not cancelled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stopped_at = ps_counters(addr)["embed_inputs"].as_u64().unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            ps_counters(addr)["embed_inputs"].as_u64().unwrap(),
+            stopped_at,
+            "{path}: inputs were still computed after the cancellation"
+        );
+        assert!(
+            stopped_at - before < INPUTS / 2,
+            "{path}: {} of {INPUTS} inputs computed",
+            stopped_at - before
+        );
+    }
+    // The engine serves the next request.
+    let reply = post_to(
+        addr,
+        "/api/embed",
+        &json!({"model": MODEL, "input": "again"}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The model list is cached (no scan per request) and refreshed in the background: a file
+/// dropped into the models directory is listed within the refresh interval, and a removed
+/// one disappears.
+#[test]
+fn issue_13_a_dropped_in_model_file_is_listed_within_the_refresh_interval() {
+    let _shared = shared();
+    let dir = fresh_dir("dropped");
+    let addr = launch_bounded(&dir, vec![], 0, 1);
+    assert!(tag_names(addr).is_empty());
+    std::fs::write(dir.join("dropped.gguf"), tiny_gguf(16)).unwrap();
+    let written = Instant::now();
+    let limit = rawrxd::serve::models::REFRESH_INTERVAL * 2 + Duration::from_secs(2);
+    while !tag_names(addr).contains(&"dropped:latest".to_string()) {
+        assert!(written.elapsed() < limit, "not listed after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let models = call(addr, "GET", "/v1/models", None, "").json();
+    assert_eq!(models["data"][0]["id"], "dropped:latest", "{models}");
+    std::fs::remove_file(dir.join("dropped.gguf")).unwrap();
+    let removed = Instant::now();
+    while !tag_names(addr).is_empty() {
+        assert!(removed.elapsed() < limit, "still listed after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

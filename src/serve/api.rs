@@ -47,7 +47,9 @@ impl From<ModelError> for ServeError {
     fn from(e: ModelError) -> Self {
         match e {
             ModelError::NotFound(_) => ServeError::NotFound(e.to_string()),
-            ModelError::Engine(EngineError::Busy { .. }) => ServeError::Busy(e.to_string()),
+            ModelError::Engine(EngineError::Busy { .. }) | ModelError::AllBusy { .. } => {
+                ServeError::Busy(e.to_string())
+            }
             ModelError::Engine(_) | ModelError::Meta(_) => ServeError::Internal(e.to_string()),
         }
     }
@@ -83,11 +85,12 @@ pub fn details(meta: &GgufMeta) -> Value {
 
 pub async fn tags(state: &ServeState) -> Result<Response<ServeBody>, ServeError> {
     let mut models = Vec::new();
-    for file in state.models.list().into_values() {
-        let details = match state.models.meta(&file).await {
+    // The cached list; headers come from the cache the refresher fills.
+    for file in state.models.catalog().models.values() {
+        let details = match state.models.meta(file).await {
             Ok(meta) => details(&meta),
             Err(e) => {
-                tracing::warn!("skipping {}: {e}", file.path.display());
+                tracing::debug!("skipping {}: {e}", file.path.display());
                 continue;
             }
         };
@@ -137,6 +140,8 @@ fn engine_stats(l: &Loaded) -> Value {
         "max_sequences_per_step": stats.max_sequences_per_step.load(Relaxed),
         "prompt_tokens_reused": stats.prompt_tokens_reused.load(Relaxed),
         "prompt_tokens_evaluated": stats.prompt_tokens_evaluated.load(Relaxed),
+        "embed_inputs": stats.embed_inputs.load(Relaxed),
+        "embeds_cancelled": stats.embeds_cancelled.load(Relaxed),
     })
 }
 
@@ -667,11 +672,16 @@ pub(super) async fn embed_inputs(
 ) -> Result<(super::engine::Embeddings, Duration), ServeError> {
     state.models.find(name)?;
     let (loaded, load_duration) = state.models.load(name, keep_alive).await?;
+    // Admitted under the same cap as generation (503 beyond); dropping this future (the
+    // client left) stops the work before its next input.
     let result = loaded
         .engine
         .embed(job)
         .await
-        .map_err(|e| ServeError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            EngineError::Busy { .. } => ServeError::Busy(e.to_string()),
+            other => ServeError::Internal(other.to_string()),
+        })?
         .map_err(ServeError::BadRequest)?;
     loaded.touch(keep_alive);
     Ok((result, load_duration))

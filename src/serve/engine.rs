@@ -5,9 +5,13 @@
 //! prompt chunks of newly admitted slots (up to `n_batch` tokens), decodes it once, then
 //! samples for every slot whose logits it produced. Requests beyond the slots wait in the job
 //! channel (bounded by [`Engine::submit`]'s admission counter; full → [`EngineError::Busy`]).
+//! Embedding requests count against the same cap and run one input per step, between decode
+//! steps, on a second context.
 //!
 //! **A request whose event receiver is dropped is cancelled before the next step and its slot
 //! freed.** The HTTP body owns the receiver, so a client that disconnects frees its slot.
+//! **An embedding request whose reply receiver is dropped (the client left) stops before its
+//! next input.**
 //! **A slot keeps the tokens in its KV cache**; a new request goes to the free slot sharing the
 //! longest prefix with its prompt and only the rest is evaluated (`swa_full` keeps sliding-window
 //! layers' cache whole so that reuse stays exact).
@@ -129,6 +133,19 @@ struct Queued {
     _ticket: Ticket,
 }
 
+impl Queued {
+    /// Sends the request's last event (`Done`, `Error`, `Rejected`) after giving back its
+    /// admission place, so a client that has its answer never finds the engine still busy
+    /// with it.
+    fn finish(self, event: Event) {
+        let Queued {
+            events, _ticket, ..
+        } = self;
+        drop(_ticket);
+        let _ = events.send(event);
+    }
+}
+
 /// Texts to embed, one vector each (mean-pooled over the tokens).
 #[derive(Debug, Clone)]
 pub struct EmbedJob {
@@ -139,7 +156,7 @@ pub struct EmbedJob {
     pub normalize: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     pub prompt_tokens: usize,
@@ -153,6 +170,15 @@ enum Work {
     Embed(EmbedJob, EmbedReply, Ticket),
 }
 
+/// An embedding request in progress on the worker.
+struct EmbedWork {
+    job: EmbedJob,
+    reply: EmbedReply,
+    /// Inputs embedded so far.
+    out: Embeddings,
+    _ticket: Ticket,
+}
+
 /// Counters of one engine, for `/api/ps` (and for tests to see batching and prefix reuse).
 #[derive(Debug, Default)]
 pub struct EngineStats {
@@ -164,6 +190,10 @@ pub struct EngineStats {
     pub prompt_tokens_reused: AtomicU64,
     /// Prompt tokens evaluated.
     pub prompt_tokens_evaluated: AtomicU64,
+    /// Embedding inputs computed.
+    pub embed_inputs: AtomicU64,
+    /// Embedding requests stopped because their client left.
+    pub embeds_cancelled: AtomicU64,
 }
 
 /// Clears the engine's liveness flag when the worker thread ends.
@@ -250,26 +280,35 @@ impl Engine {
         &self.config
     }
 
-    /// Requests admitted and not finished (generating or queued).
+    /// Requests admitted and not finished (generating, embedding or queued).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Queues `job`; events arrive on the returned receiver. Dropping it cancels the job.
-    pub fn submit(&self, job: Job) -> Result<UnboundedReceiver<Event>, EngineError> {
+    /// A check that turns true once the worker thread has ended and freed its context (after
+    /// the last handle is dropped).
+    pub fn stopped(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let alive = self.alive.clone();
+        move || !alive.load(Ordering::Acquire)
+    }
+
+    /// Takes one of the `parallel + queue` admission places, or fails with `Busy`.
+    fn admit(&self) -> Result<Ticket, EngineError> {
         let cap = self.config.parallel as usize + self.config.queue;
-        let admitted = self
-            .in_flight
+        self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < cap).then_some(n + 1)
-            });
-        if admitted.is_err() {
-            return Err(EngineError::Busy {
+            })
+            .map_err(|_| EngineError::Busy {
                 slots: self.config.parallel,
                 queue: self.config.queue,
-            });
-        }
-        let ticket = Ticket(self.in_flight.clone());
+            })?;
+        Ok(Ticket(self.in_flight.clone()))
+    }
+
+    /// Queues `job`; events arrive on the returned receiver. Dropping it cancels the job.
+    pub fn submit(&self, job: Job) -> Result<UnboundedReceiver<Event>, EngineError> {
+        let ticket = self.admit()?;
         let (events, rx) = unbounded_channel();
         self.jobs
             .send(Work::Generate(Queued {
@@ -281,11 +320,12 @@ impl Engine {
         Ok(rx)
     }
 
-    /// Embeds `job`'s inputs on the worker (between decode steps, on a second context made
-    /// on first use with embeddings and mean pooling).
+    /// Embeds `job`'s inputs on the worker (one input per step, between decode steps, on a
+    /// second context made on first use with embeddings and mean pooling). Admitted like
+    /// [`Engine::submit`] (`Busy` when full); dropping the returned future (the client left)
+    /// stops the work before its next input.
     pub async fn embed(&self, job: EmbedJob) -> Result<Result<Embeddings, String>, EngineError> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let ticket = Ticket(self.in_flight.clone());
+        let ticket = self.admit()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Work::Embed(job, tx, ticket))
@@ -369,6 +409,7 @@ fn worker(
     let mut batch = LlamaBatch::new(config.batch as usize, 1);
     let mut closed = false;
     let mut embed_ctx: Option<LlamaContext<'_>> = None;
+    let mut embeds: VecDeque<EmbedWork> = VecDeque::new();
 
     loop {
         // Cancelled requests free their slot before anything else is scheduled.
@@ -384,7 +425,7 @@ fn worker(
         }
         // Admit waiting jobs into free slots; block only when nothing is running.
         while !closed && slots.iter().any(|s| s.active.is_none()) {
-            let busy = slots.iter().any(|s| s.active.is_some());
+            let busy = slots.iter().any(|s| s.active.is_some()) || !embeds.is_empty();
             let work = if busy {
                 match jobs.try_recv() {
                     Ok(q) => q,
@@ -405,8 +446,16 @@ fn worker(
             };
             let queued = match work {
                 Work::Generate(queued) => queued,
-                Work::Embed(job, reply, _ticket) => {
-                    let _ = reply.send(embed(&model, &mut embed_ctx, &config, &job));
+                Work::Embed(job, reply, ticket) => {
+                    embeds.push_back(EmbedWork {
+                        out: Embeddings {
+                            vectors: Vec::with_capacity(job.inputs.len().min(1024)),
+                            prompt_tokens: 0,
+                        },
+                        job,
+                        reply,
+                        _ticket: ticket,
+                    });
                     continue;
                 }
             };
@@ -415,7 +464,34 @@ fn worker(
             }
             admit(&model, &mut ctx, &config, &stats, &mut slots, queued);
         }
-        if closed && slots.iter().all(|s| s.active.is_none()) {
+        // One input of the oldest embedding request, unless its client has left.
+        if let Some(work) = embeds.front_mut() {
+            let step = if work.reply.is_closed() {
+                stats.embeds_cancelled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    done = work.out.vectors.len(),
+                    inputs = work.job.inputs.len(),
+                    "client gone; embedding cancelled"
+                );
+                EmbedStep::Cancelled
+            } else {
+                embed_next(&model, &mut embed_ctx, &config, &stats, work)
+            };
+            match step {
+                EmbedStep::More => {}
+                EmbedStep::Cancelled => {
+                    embeds.pop_front();
+                }
+                EmbedStep::Done(result) => {
+                    if let Some(EmbedWork { reply, _ticket, .. }) = embeds.pop_front() {
+                        // The place is given back before the answer, as in `Queued::finish`.
+                        drop(_ticket);
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        if closed && slots.iter().all(|s| s.active.is_none()) && embeds.is_empty() {
             tracing::debug!("engine stopped");
             return;
         }
@@ -483,10 +559,9 @@ fn worker(
             tracing::warn!("decode failed: {e}");
             for slot in &mut slots {
                 if let Some(active) = slot.active.take() {
-                    let _ = active
+                    active
                         .queued
-                        .events
-                        .send(Event::Error(format!("inference failed: {e}")));
+                        .finish(Event::Error(format!("inference failed: {e}")));
                 }
                 slot.cache.clear();
                 let _ = ctx.clear_kv_cache_seq(Some(slot.id as u32), None, None);
@@ -528,20 +603,18 @@ fn admit(
         .map_or(config.ctx_per_slot, |n| n.clamp(1, config.ctx_per_slot))
         as usize;
     if tokens.is_empty() {
-        let _ = queued
-            .events
-            .send(Event::Rejected("the prompt is empty".into()));
+        queued.finish(Event::Rejected("the prompt is empty".into()));
         return;
     }
     if tokens.len() >= limit_ctx {
-        let _ = queued.events.send(Event::Rejected(format!(
+        queued.finish(Event::Rejected(format!(
             "the prompt is {} tokens, more than the context length of {limit_ctx}",
             tokens.len()
         )));
         return;
     }
     if let Some(bad) = tokens.iter().find(|t| t.0 < 0 || t.0 >= model.n_vocab()) {
-        let _ = queued.events.send(Event::Rejected(format!(
+        queued.finish(Event::Rejected(format!(
             "invalid token {} in context",
             bad.0
         )));
@@ -555,7 +628,7 @@ fn admit(
     ) {
         Ok(s) => s,
         Err(e) => {
-            let _ = queued.events.send(Event::Rejected(e));
+            queued.finish(Event::Rejected(e));
             return;
         }
     };
@@ -605,13 +678,47 @@ fn admit(
     });
 }
 
-/// Runs one embedding job on the embedding context (created on first use).
-fn embed<'m>(
+/// What one embedding step left to do.
+enum EmbedStep {
+    More,
+    Done(Result<Embeddings, String>),
+    Cancelled,
+}
+
+/// Embeds the next input of `work` on the embedding context (created on first use).
+fn embed_next<'m>(
     model: &'m LlamaModel,
     slot: &mut Option<LlamaContext<'m>>,
     config: &EngineConfig,
+    stats: &EngineStats,
+    work: &mut EmbedWork,
+) -> EmbedStep {
+    let Some(input) = work.job.inputs.get(work.out.vectors.len()) else {
+        return EmbedStep::Done(Ok(std::mem::take(&mut work.out)));
+    };
+    match embed_one(model, slot, config, input, &work.job) {
+        Ok((vector, tokens)) => {
+            stats.embed_inputs.fetch_add(1, Ordering::Relaxed);
+            work.out.prompt_tokens += tokens;
+            work.out.vectors.push(vector);
+            if work.out.vectors.len() < work.job.inputs.len() {
+                EmbedStep::More
+            } else {
+                EmbedStep::Done(Ok(std::mem::take(&mut work.out)))
+            }
+        }
+        Err(e) => EmbedStep::Done(Err(e)),
+    }
+}
+
+/// One input's pooled vector and its token count.
+fn embed_one<'m>(
+    model: &'m LlamaModel,
+    slot: &mut Option<LlamaContext<'m>>,
+    config: &EngineConfig,
+    input: &str,
     job: &EmbedJob,
-) -> Result<Embeddings, String> {
+) -> Result<(Vec<f32>, usize), String> {
     let n_ctx = config.ctx_per_slot;
     if slot.is_none() {
         let backend = backend().map_err(|e| e.to_string())?;
@@ -633,46 +740,37 @@ fn embed<'m>(
         return Err("no embedding context".into());
     };
     let vocab = model.vocab();
-    let mut batch = LlamaBatch::new(n_ctx as usize, 1);
-    let mut out = Embeddings {
-        vectors: Vec::with_capacity(job.inputs.len()),
-        prompt_tokens: 0,
-    };
-    for input in &job.inputs {
-        let mut tokens = vocab.tokenize(input.as_bytes(), vocab.should_add_bos(), false);
-        if tokens.is_empty() {
-            return Err("cannot embed an empty input".into());
-        }
-        if tokens.len() > n_ctx as usize {
-            if !job.truncate {
-                return Err(format!(
-                    "the input is {} tokens, more than the context length of {n_ctx}",
-                    tokens.len()
-                ));
-            }
-            tokens.truncate(n_ctx as usize);
-        }
-        out.prompt_tokens += tokens.len();
-        ctx.clear_kv_cache();
-        batch.clear();
-        batch
-            .add_sequence(&tokens, 0, true)
-            .map_err(|e| e.to_string())?;
-        ctx.decode(&mut batch)
-            .map_err(|e| format!("embedding failed: {e}"))?;
-        let mut vector = ctx
-            .embeddings_seq_ith(0)
-            .map_err(|_| "the model gave no pooled embedding".to_string())?
-            .to_vec();
-        if job.normalize {
-            let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if norm > 0.0 {
-                vector.iter_mut().for_each(|x| *x /= norm);
-            }
-        }
-        out.vectors.push(vector);
+    let mut tokens = vocab.tokenize(input.as_bytes(), vocab.should_add_bos(), false);
+    if tokens.is_empty() {
+        return Err("cannot embed an empty input".into());
     }
-    Ok(out)
+    if tokens.len() > n_ctx as usize {
+        if !job.truncate {
+            return Err(format!(
+                "the input is {} tokens, more than the context length of {n_ctx}",
+                tokens.len()
+            ));
+        }
+        tokens.truncate(n_ctx as usize);
+    }
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    ctx.clear_kv_cache();
+    batch
+        .add_sequence(&tokens, 0, true)
+        .map_err(|e| e.to_string())?;
+    ctx.decode(&mut batch)
+        .map_err(|e| format!("embedding failed: {e}"))?;
+    let mut vector = ctx
+        .embeddings_seq_ith(0)
+        .map_err(|_| "the model gave no pooled embedding".to_string())?
+        .to_vec();
+    if job.normalize {
+        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            vector.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    Ok((vector, tokens.len()))
 }
 
 fn starts_with_bos(model: &LlamaModel, prompt: &str) -> bool {
@@ -831,7 +929,7 @@ fn step(model: &LlamaModel, ctx: &LlamaContext<'_>, slot: &mut Slot, at: i32) {
         eval_duration: first.elapsed(),
         context: std::mem::take(&mut active.all_tokens),
     };
-    let _ = active.queued.events.send(Event::Done(done));
+    active.queued.finish(Event::Done(done));
 }
 
 /// Removes and returns the longest valid UTF-8 prefix of `buf`; an incomplete character at

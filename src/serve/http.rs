@@ -345,10 +345,12 @@ async fn route(
         "/api/show" if post => api::show(&state, request).await,
         "/api/generate" if post => api::generate(&state, request).await,
         "/api/chat" if post => api::chat(&state, request).await,
-        "/api/pull" if post => manage::pull(&state, request).await,
-        "/api/copy" if post => manage::copy(&state, request).await,
-        "/api/delete" if method == Method::DELETE => manage::delete(&state, request).await,
-        "/api/create" if post => manage::create(&state, request).await,
+        "/api/pull" if post => changed(&state, manage::pull(&state, request).await).await,
+        "/api/copy" if post => changed(&state, manage::copy(&state, request).await).await,
+        "/api/delete" if method == Method::DELETE => {
+            changed(&state, manage::delete(&state, request).await).await
+        }
+        "/api/create" if post => changed(&state, manage::create(&state, request).await).await,
         "/api/push" if post => manage::push(&state, request).await,
         p if p.starts_with("/api/blobs/") && (method == Method::HEAD || get) => {
             manage::blob_exists(&state, &p["/api/blobs/".len()..])
@@ -385,6 +387,19 @@ async fn route(
         | "/v1/chat/completions"
         | "/v1/completions" => Err(ServeError::MethodNotAllowed),
         _ => Err(ServeError::NotFound("404 page not found".into())),
+    }
+}
+
+/// The answer of a request that may have changed the models directory (pull, create, copy,
+/// delete), sent once the cached model list has been refreshed — for a streamed answer, again
+/// before its end — so the client's next request sees the change.
+async fn changed(
+    state: &ServeState,
+    result: Result<Response<ServeBody>, ServeError>,
+) -> Result<Response<ServeBody>, ServeError> {
+    match result {
+        Ok(response) => Ok(state.models.refresh_on_end(response).await),
+        Err(e) => Err(e),
     }
 }
 

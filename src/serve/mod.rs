@@ -59,6 +59,8 @@ pub struct ServeConfig {
     /// Named model files (`--model`, `[serve.model]`), by `name:tag`.
     pub models: Vec<(String, PathBuf)>,
     pub engine: EngineConfig,
+    /// Most models loaded at once (least recently used idle ones are unloaded).
+    pub max_loaded: usize,
     pub max_body: usize,
     pub preload: bool,
     pub shutdown_grace: Duration,
@@ -96,6 +98,7 @@ impl ServeState {
                 config.models_dir.clone(),
                 config.models.clone(),
                 config.engine.clone(),
+                config.max_loaded,
             ),
             max_body: config.max_body,
             in_flight: std::sync::Arc::default(),
@@ -173,6 +176,10 @@ pub struct EngineFlags {
     /// Load the configured models at start (and keep them loaded) instead of on first use
     #[arg(long)]
     pub preload: bool,
+
+    /// Most models loaded at once; loading another unloads the least recently used idle one [default: 2]
+    #[arg(long, value_name = "N")]
+    pub max_loaded: Option<usize>,
 }
 
 /// `NAME=PATH` or `PATH` (named after the file stem) → (`name:tag`, path).
@@ -212,6 +219,7 @@ impl EngineFlags {
             queue: self.queue,
             preload: self.preload.then_some(true),
             admin_token: None,
+            max_loaded: self.max_loaded,
         })
     }
 }
@@ -244,6 +252,21 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
     }
     if raw.ctx < 64 {
         errors.push("serve.ctx (--ctx-size) must be at least 64".into());
+    }
+    if raw.max_loaded == 0 || raw.max_loaded > 64 {
+        errors.push("serve.max_loaded (--max-loaded) must be between 1 and 64".into());
+    }
+    let files: std::collections::HashSet<_> = raw
+        .model
+        .values()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    if raw.preload && files.len() > raw.max_loaded {
+        errors.push(format!(
+            "serve.preload loads all {} configured model files, more than serve.max_loaded ({})",
+            files.len(),
+            raw.max_loaded
+        ));
     }
     let mut models = Vec::new();
     for (name, path) in &raw.model {
@@ -328,6 +351,7 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
                 threads: threads as i32,
                 queue: raw.queue,
             },
+            max_loaded: raw.max_loaded,
             max_body: 100 << 20,
             preload: raw.preload,
             shutdown_grace: Duration::from_secs(30),

@@ -36,8 +36,9 @@ fn event(value: &Value) -> Bytes {
 pub async fn models(state: &ServeState) -> Result<Response<ServeBody>, ServeError> {
     let data: Vec<Value> = state
         .models
-        .list()
-        .into_values()
+        .catalog()
+        .models
+        .values()
         .map(|f| {
             json!({
                 "id": f.tagged(),
