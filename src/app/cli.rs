@@ -31,7 +31,7 @@ pub enum Command {
     /// Serve GGUF models with an Ollama-compatible API (llama.cpp).
     Serve(crate::serve::ServeArgs),
     /// `serve` and `proxy` in one process; the proxy's upstream is this serve.
-    Up(crate::serve::UpArgs),
+    Up(UpArgs),
     /// Check rule files, or try rules on a text, without a server.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -185,6 +185,34 @@ impl ProxyArgs {
             max_connections: self.max_connections,
             shutdown_grace: self.shutdown_grace.clone(),
             admin_token: self.admin_token.clone(),
+        }
+    }
+}
+
+/// Flags of `rawrxd up`: every proxy flag (including `--config`, read for both halves), and
+/// serve's flags with serve's address as `--serve-listen` (the proxy's upstream; `--listen` is
+/// the proxy's).
+#[derive(Debug, Args, Default)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// Address `serve` listens on; the proxy forwards to it [default: 127.0.0.1:11434]
+    #[arg(long, value_name = "ADDR")]
+    pub serve_listen: Option<String>,
+
+    #[command(flatten)]
+    pub engine: crate::serve::EngineFlags,
+}
+
+impl UpArgs {
+    /// The serve half, as `rawrxd serve` flags (same config file).
+    pub fn serve_args(&self) -> crate::serve::ServeArgs {
+        crate::serve::ServeArgs {
+            listen: self.serve_listen.clone(),
+            config: self.proxy.config.clone(),
+            admin_token: None,
+            engine: self.engine.clone(),
         }
     }
 }

@@ -239,7 +239,7 @@ pub fn audit_search(
     }
     let since_ms = match since {
         Some(text) => Some(
-            crate::admin::parse_since(text, std::time::SystemTime::now())
+            crate::proxy::admin::parse_since(text, std::time::SystemTime::now())
                 .map_err(|e| e.to_string())?,
         ),
         None => None,

@@ -1,17 +1,27 @@
-//! Wiring of a full proxy: the store, the audit writer, the shared state and the rule
-//! manager, started in that order and stopped in reverse. `main` and the integration tests
-//! both go through [`App::start`], so tests run what users run.
+//! The entry points, the top layer: the command line ([`cli`]), one function per subcommand
+//! ([`run`]: proxy, serve, up, rules, audit), the offline `rules`/`audit` commands
+//! ([`commands`]), the shutdown signal, and [`App`], the wiring of a full proxy: the store, the
+//! audit writer, the shared state and the rule manager, started in that order and stopped in
+//! reverse. `main` and the integration tests both go through [`App::start`], so tests run what
+//! users run.
+//!
+//! May use: everything below it. Nothing in the crate imports `app`.
+
+pub mod cli;
+pub mod commands;
+pub mod run;
+pub mod shutdown;
 
 use std::sync::Arc;
 
 use crate::audit::{Audit, AuditConfig, AuditError};
 use crate::config::ProxyConfig;
+use crate::live::reload::RuleManager;
 use crate::live::Live;
-use crate::metrics::Metrics;
-use crate::reload::RuleManager;
+use crate::proxy::state::ProxyState;
 use crate::rules::RuleError;
-use crate::state::ProxyState;
 use crate::store::{Retention, Store, StoreError};
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

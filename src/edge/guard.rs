@@ -1,4 +1,4 @@
-//! Who may talk to rawrxd, checked first on both ports (the proxy's [`crate::route`] and
+//! Who may talk to rawrxd, checked first on both ports (the proxy's [`crate::proxy::route`] and
 //! `rawrxd serve`'s [`crate::serve::http`]), before any handler runs:
 //!
 //! * **`Host`** must name this machine — a loopback name, an IP address, the machine's own

@@ -2,6 +2,14 @@
 //! one `ArcSwap` in [`crate::ProxyState`]: building is fallible and happens off the request
 //! path, swapping is infallible, and each request loads the snapshot once and keeps it for its
 //! whole life, so a stream finishes with the rules it started with.
+//!
+//! [`reload`] is the rule manager that rebuilds and swaps it (file watcher, re-scan, store
+//! polling, admin commands); it updates the snapshot through the [`reload::LiveSlot`] trait,
+//! which the proxy's state implements.
+//!
+//! May use: `patch`, `store`, `rules`, `telemetry`. Used by `proxy` and `app`.
+
+pub mod reload;
 
 use std::path::Path;
 use std::time::SystemTime;

@@ -21,18 +21,19 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::oneshot;
 
 use crate::live::Live;
 use crate::patch::{CounterRegistry, Pipeline};
 use crate::rules::{self, Rule, RuleError, RuleSpec};
-use crate::state::ProxyState;
 use crate::store::{FileRules, Store, StoreError, API_SOURCE};
+use crate::telemetry::metrics::Metrics;
 
 /// Quiet time after the last file event before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -150,6 +151,21 @@ impl RulesHandle {
     }
 }
 
+/// What the rule manager keeps up to date: the live snapshot, the per-rule counters it is built
+/// with, the rule metrics and the status `/rawrxd/health` reports. The proxy's shared state
+/// implements it (`crate::proxy::ProxyState`); naming only this trait keeps `live` below
+/// `proxy` in the layers.
+pub trait LiveSlot: Send + Sync + 'static {
+    /// Where the rule files are.
+    fn rules_dir(&self) -> &Path;
+    /// The snapshot the rule manager swaps.
+    fn live(&self) -> &ArcSwap<Live>;
+    /// Per-rule counters, carried over from one snapshot to the next.
+    fn counters(&self) -> &CounterRegistry;
+    fn metrics(&self) -> &Metrics;
+    fn lock_rule_status(&self) -> MutexGuard<'_, RuleStatus>;
+}
+
 /// The running manager: stop it with [`RuleManager::stop`].
 pub struct RuleManager {
     handle: RulesHandle,
@@ -160,10 +176,10 @@ pub struct RuleManager {
 impl RuleManager {
     /// Loads the rule files into the store and the live set (an invalid rule set here is an
     /// error: the proxy does not start on rules it cannot read), then starts watching.
-    pub fn start(state: Arc<ProxyState>, store: Store) -> Result<RuleManager, Vec<RuleError>> {
+    pub fn start(state: Arc<dyn LiveSlot>, store: Store) -> Result<RuleManager, Vec<RuleError>> {
         let (sender, receiver) = mpsc::channel();
         let mut worker = Worker {
-            dir: state.config.rules_dir.clone(),
+            dir: state.rules_dir().to_path_buf(),
             state,
             store,
             receiver,
@@ -211,7 +227,7 @@ impl RuleManager {
 }
 
 struct Worker {
-    state: Arc<ProxyState>,
+    state: Arc<dyn LiveSlot>,
     store: Store,
     dir: PathBuf,
     receiver: Receiver<Command>,
@@ -250,7 +266,7 @@ impl Worker {
                     pending = None;
                     let result = self
                         .reload_files()
-                        .map(|()| self.state.live.load().pipeline.table().rules.len())
+                        .map(|()| self.state.live().load().pipeline.table().rules.len())
                         .map_err(AdminError::Invalid);
                     let _ = reply.send(result);
                 }
@@ -385,15 +401,15 @@ impl Worker {
         self.data_version = self.store.data_version().unwrap_or(self.data_version);
         self.rules_version = self.store.rules_version().unwrap_or(self.rules_version);
         let rules = self.stored_rules().map_err(|e| vec![store_error(e)])??;
-        let live = build(rules, &self.state.counters)?;
+        let live = build(rules, self.state.counters())?;
         let count = live.pipeline.table().rules.len();
-        self.state.live.store(Arc::new(live));
-        self.state.metrics.rules_loaded.set(count as i64);
-        self.state.metrics.rules_valid.set(1);
+        self.state.live().store(Arc::new(live));
+        self.state.metrics().rules_loaded.set(count as i64);
+        self.state.metrics().rules_valid.set(1);
         self.state
-            .metrics
+            .metrics()
             .reloads
-            .get_or_create(&crate::metrics::ResultLabels { result: "ok" })
+            .get_or_create(&crate::telemetry::metrics::ResultLabels { result: "ok" })
             .inc();
         let mut status = self.state.lock_rule_status();
         status.reloads += 1;
@@ -436,11 +452,11 @@ impl Worker {
             tracing::error!("rules not reloaded: {error}");
         }
         tracing::warn!("the last good rules stay live");
-        self.state.metrics.rules_valid.set(0);
+        self.state.metrics().rules_valid.set(0);
         self.state
-            .metrics
+            .metrics()
             .reloads
-            .get_or_create(&crate::metrics::ResultLabels { result: "error" })
+            .get_or_create(&crate::telemetry::metrics::ResultLabels { result: "error" })
             .inc();
         let mut status = self.state.lock_rule_status();
         status.failures += 1;
@@ -526,7 +542,7 @@ impl Worker {
 
     fn find(&self, id: &str) -> Result<Rule, AdminError> {
         self.state
-            .live
+            .live()
             .load()
             .pipeline
             .table()

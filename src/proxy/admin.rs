@@ -16,8 +16,8 @@
 //! **Every method that changes state needs `Authorization: Bearer <admin_token>`** when a
 //! token is configured (an API key when only `api_keys` are), and **`POST`/`PUT` need
 //! `Content-Type: application/json`** (415 otherwise), so no web page can send one without a
-//! CORS preflight, which [`crate::guard`] refuses for foreign origins. Rule writes go to the SQLite store and then through the same
-//! rebuild-and-swap as a file edit (see [`crate::reload`]).
+//! CORS preflight, which [`crate::edge::guard`] refuses for foreign origins. Rule writes go to the SQLite store and then through the same
+//! rebuild-and-swap as a file edit (see [`crate::live::reload`]).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,14 +28,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::body::ProxyBody;
-use crate::error::{json_response, ProxyError};
-use crate::metrics;
-use crate::reload::{AdminError, RulesHandle};
-use crate::route::method_not_allowed;
+use crate::live::reload::{AdminError, RulesHandle};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::{json_response, ProxyError};
+use crate::proxy::route::method_not_allowed;
+use crate::proxy::state::ProxyState;
 use crate::rules::{Kind, Rule, RuleError, RuleSpec};
-use crate::state::ProxyState;
 use crate::store::{CorrectionQuery, Store};
+use crate::telemetry::metrics;
 
 /// How long `/rawrxd/health` waits for the upstream before calling it unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,7 +57,7 @@ pub async fn handle(state: &ProxyState, request: Request<Incoming>) -> Answer {
     // A browser can send a cross-site POST without asking first only with a form or
     // text/plain body; JSON makes it ask (a preflight), which the guard refuses.
     let has_body_method = matches!(method, Method::POST | Method::PUT | Method::PATCH);
-    if has_body_method && !crate::guard::is_json(request.headers()) {
+    if has_body_method && !crate::edge::guard::is_json(request.headers()) {
         return Err(ProxyError::UnsupportedMediaType);
     }
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();

@@ -6,7 +6,7 @@
 //!   instead of a generic 502.
 //! * [`UpstreamBody`] streams the upstream's response to the client frame by frame, as each
 //!   frame arrives. If the upstream dies mid-stream it ends the stream with one in-band error
-//!   in the client's framing (see [`crate::wire::Framing`]), and when it is dropped (stream
+//!   in the client's framing (see [`crate::edge::wire::Framing`]), and when it is dropped (stream
 //!   done, or client gone) it writes the request's access-log line.
 //! * [`PatchBody`] sits on top of [`UpstreamBody`] when rules apply: it runs each frame through
 //!   a [`Rewriter`], sends only what the rules have decided, and ends the response early when a
@@ -23,9 +23,9 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::audit::HitSink;
-use crate::rewrite::Rewriter;
-use crate::state::{RequestRecord, Stats};
-use crate::wire::Framing;
+use crate::edge::wire::Framing;
+use crate::patch::rewrite::Rewriter;
+use crate::proxy::state::{RequestRecord, Stats};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -272,12 +272,6 @@ impl Body for PatchBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
-}
-
-/// The first four characters and a length: enough to find a secret, not enough to use it.
-pub fn mask_secret(secret: &str) -> String {
-    let head: String = secret.chars().take(4).collect();
-    format!("{head}…({} chars)", secret.chars().count())
 }
 
 fn remember_tail(tail: &mut [u8; 2], tail_len: &mut u8, data: &[u8]) {

@@ -1,5 +1,5 @@
 //! The request-path error and its one mapping to an HTTP status and a body in the client's
-//! API shape (see [`crate::wire::Flavor`]).
+//! API shape (see [`crate::edge::wire::Flavor`]).
 
 use std::time::Duration;
 
@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::body::ProxyBody;
-use crate::wire::Flavor;
+use crate::edge::wire::Flavor;
+use crate::proxy::body::ProxyBody;
 
 /// Everything that can stop the proxy from answering with the upstream's response.
 #[derive(Debug, thiserror::Error)]

@@ -11,16 +11,16 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::admin;
 use crate::audit::HitSink;
-use crate::body::{BodyFault, LimitedBody, PatchBody, ProxyBody, UpstreamBody};
-use crate::error::ProxyError;
+use crate::edge::wire::{Flavor, Framing};
+use crate::patch::rewrite::{rewrite_json, Format, Rewriter};
 use crate::patch::Compiled;
-use crate::rewrite::{rewrite_json, Format, Rewriter};
+use crate::proxy::admin;
+use crate::proxy::body::{BodyFault, LimitedBody, PatchBody, ProxyBody, UpstreamBody};
+use crate::proxy::error::ProxyError;
+use crate::proxy::state::{ProxyState, RequestRecord};
+use crate::proxy::upstream::{strip_hop_by_hop, SendError};
 use crate::rules::Endpoint;
-use crate::state::{ProxyState, RequestRecord};
-use crate::upstream::{strip_hop_by_hop, SendError};
-use crate::wire::{Flavor, Framing};
 
 /// Prefix of the proxy's own endpoints; never forwarded.
 pub const OWN_PREFIX: &str = "/rawrxd";
@@ -113,14 +113,17 @@ fn may_forward<B>(state: &ProxyState, request: &Request<B>) -> Result<(), ProxyE
 
 /// `204` to an allowed CORS preflight; the proxy answers these itself (the upstream's own
 /// CORS policy would disagree with the proxy's).
-fn preflight(admitted: &crate::guard::Admitted, request: &http::HeaderMap) -> Response<ProxyBody> {
+fn preflight(
+    admitted: &crate::edge::guard::Admitted,
+    request: &http::HeaderMap,
+) -> Response<ProxyBody> {
     let mut response = Response::new(
         Full::new(Bytes::new())
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
     *response.status_mut() = StatusCode::NO_CONTENT;
-    *response.headers_mut() = crate::guard::Access::preflight_headers(admitted, request);
+    *response.headers_mut() = crate::edge::guard::Access::preflight_headers(admitted, request);
     response
 }
 

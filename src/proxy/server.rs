@@ -13,8 +13,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::route;
-use crate::state::ProxyState;
+use crate::edge::listening_message;
+use crate::proxy::route;
+use crate::proxy::state::ProxyState;
 
 /// How long a client may take to send a request head (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,11 +25,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Finished {
     /// True when every connection closed within the grace period.
     pub drained: bool,
-}
-
-/// The log line announcing the bound address; tests of the binary read the address from it.
-pub fn listening_message(what: &str, addr: std::net::SocketAddr) -> String {
-    format!("rawrxd {what} listening on {addr}")
 }
 
 /// Serves `listener` until `shutdown` resolves, then drains (see the module docs).

@@ -12,11 +12,11 @@ use tokio::sync::Semaphore;
 
 use crate::audit::Audit;
 use crate::config::ProxyConfig;
+use crate::live::reload::{LiveSlot, RuleStatus, RulesHandle};
 use crate::live::Live;
-use crate::metrics::{endpoint_label, EndpointLabels, Metrics, RequestLabels};
 use crate::patch::CounterRegistry;
-use crate::reload::{RuleStatus, RulesHandle};
-use crate::upstream::Upstream;
+use crate::proxy::upstream::Upstream;
+use crate::telemetry::metrics::{endpoint_label, EndpointLabels, Metrics, RequestLabels};
 
 /// Everything a request handler needs; one per running proxy, behind an `Arc`.
 pub struct ProxyState {
@@ -24,7 +24,7 @@ pub struct ProxyState {
     pub upstream: Upstream,
     pub stats: Arc<Stats>,
     pub started: Instant,
-    /// One permit per open client connection (see [`crate::server`]).
+    /// One permit per open client connection (see [`crate::proxy::server`]).
     pub connection_slots: Arc<Semaphore>,
     /// The rules in force; see [`crate::live`].
     pub live: ArcSwap<Live>,
@@ -38,7 +38,7 @@ pub struct ProxyState {
     /// Where corrections are audited; `None` when the proxy runs without a log directory
     /// (then they only go to tracing).
     pub audit: Option<Arc<Audit>>,
-    /// The rule manager, when the rules come from the store (see [`crate::reload`]).
+    /// The rule manager, when the rules come from the store (see [`crate::live::reload`]).
     pub rules: OnceLock<RulesHandle>,
 }
 
@@ -96,6 +96,28 @@ impl ProxyState {
 
     pub fn open_connections(&self) -> usize {
         self.config.max_connections - self.connection_slots.available_permits()
+    }
+}
+
+impl LiveSlot for ProxyState {
+    fn rules_dir(&self) -> &std::path::Path {
+        &self.config.rules_dir
+    }
+
+    fn live(&self) -> &ArcSwap<Live> {
+        &self.live
+    }
+
+    fn counters(&self) -> &CounterRegistry {
+        &self.counters
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn lock_rule_status(&self) -> MutexGuard<'_, RuleStatus> {
+        ProxyState::lock_rule_status(self)
     }
 }
 

@@ -15,9 +15,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::BoxError;
 use crate::config::{ProxyConfig, UpstreamUrl};
-use crate::error::ProxyError;
+use crate::proxy::body::BoxError;
+use crate::proxy::error::ProxyError;
 
 /// The body type sent upstream.
 pub type UpstreamRequestBody = UnsyncBoxBody<Bytes, BoxError>;

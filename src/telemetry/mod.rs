@@ -1,5 +1,11 @@
 //! Logging setup: tracing to stderr, filtered by `RUST_LOG` (default `info`, with llama.cpp's
 //! own log — target `llama-cpp-2`, very chatty at info while loading a model — at `warn`).
+//! [`metrics`] is the Prometheus registry every part counts into (served at
+//! `/rawrxd/metrics`).
+//!
+//! May use: nothing else in the crate. Used by every layer that counts.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
