@@ -12,8 +12,8 @@
 
 use std::path::Path;
 
+use rawrxd::patch::rewrite::{Format, Rewriter};
 use rawrxd::patch::Pipeline;
-use rawrxd::rewrite::{Format, Rewriter};
 use rawrxd::rules::{load_dir, parse_file, Endpoint};
 
 const EXTRA_RULES: &str = r#"

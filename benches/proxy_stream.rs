@@ -377,9 +377,9 @@ impl ProxyProcess {
             .arg(scratch.join("rawrxd.db"))
             .arg("--log-dir")
             .arg(scratch.join("logs"))
-            // The listening line is logged at info by rawrxd::server; the access log
+            // The listening line is logged at info by rawrxd::proxy::server; the access log
             // (target rawrxd::access, one line per request) stays off.
-            .env("RUST_LOG", "warn,rawrxd::server=info")
+            .env("RUST_LOG", "warn,rawrxd::proxy::server=info")
             // A scratch working directory: no stray rawrxd.toml; no RAWRXD_* settings either.
             .current_dir(scratch)
             .stdin(Stdio::null())

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use rawrxd::app::App;
 use rawrxd::audit::{Audit, AuditConfig, HitSink, PRUNE_BATCH};
 use rawrxd::config::RawProxy;
-use rawrxd::metrics::Metrics;
 use rawrxd::patch::Hit;
 use rawrxd::rules::{Endpoint, Kind};
 use rawrxd::store::{Correction, Retention, Store};
+use rawrxd::telemetry::metrics::Metrics;
 
 fn tempdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

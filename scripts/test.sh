@@ -5,7 +5,8 @@
 #      client packages of tests/clients/requirements.txt, which tests/clients.rs drives.
 #      Created when missing or broken, re-installed when requirements.txt changed. Its
 #      python3 goes first on PATH, which is the python3 the tests run.
-#   2. The test model, Gemma 3 270M (scripts/fetch-model.sh, fetched and verified when
+#   2. The layer check of ARCHITECTURE.md (python3 scripts/layers.py).
+#   3. The test model, Gemma 3 270M (scripts/fetch-model.sh, fetched and verified when
 #      missing), exported as RAWRXD_TEST_MODEL. An RAWRXD_TEST_MODEL already set is used
 #      as it is.
 #
@@ -43,6 +44,9 @@ fi
 export VIRTUAL_ENV="$VENV"
 export PATH="$VENV/bin:$PATH"
 log "python3: $(command -v python3)"
+
+# The layer rule of ARCHITECTURE.md: no import points up the layer list.
+python3 scripts/layers.py >/dev/null || die "an import points up the layer list (see ARCHITECTURE.md, Layers)"
 
 if [[ -n "${RAWRXD_TEST_MODEL:-}" ]]; then
     [[ -f "$RAWRXD_TEST_MODEL" ]] || die "RAWRXD_TEST_MODEL=$RAWRXD_TEST_MODEL is not a file"

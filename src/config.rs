@@ -11,6 +11,8 @@
 //!
 //! `[serve]` (for `rawrxd serve` and `rawrxd up`) is validated by [`crate::serve`], which owns
 //! what its values mean.
+//!
+//! May use: `edge` (to validate the access policy). Used by `proxy`, `serve`, `app`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ use figment::Figment;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
-use crate::guard::{Access, Keys};
+use crate::edge::guard::{Access, Keys};
 
 /// The sections of `rawrxd.toml`; an environment variable `RAWRXD_<SECTION>_<KEY>` sets
 /// `<section>.<key>`.
@@ -458,9 +460,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
-    /// The admin token and API keys (see [`crate::guard::Keys`]).
+    /// The admin token and API keys (see [`crate::edge::guard::Keys`]).
     pub keys: Keys,
-    /// The `Host` and `Origin` policy (see [`crate::guard::Access`]).
+    /// The `Host` and `Origin` policy (see [`crate::edge::guard::Access`]).
     pub access: Access,
     pub audit_max_size: u64,
     pub audit_keep: usize,

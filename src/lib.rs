@@ -1,50 +1,37 @@
-//! rawrxd: a transparent hot-patching reverse proxy for local LLM servers.
+//! rawrxd: a transparent hot-patching reverse proxy for local LLM servers, the
+//! Ollama-compatible model server behind it, and the tooling around both.
 //!
-//! The binary (`src/main.rs`) only parses the command line, sets up tracing and calls into
-//! this library. The proxy's data path, in the order a request travels it:
+//! The binary (`src/main.rs`) only parses the command line, sets up tracing and calls one
+//! function here per subcommand ([`run_proxy`], [`run_serve`], [`run_up`], [`run_rules`],
+//! [`run_audit`]). One folder per part; imports run one way, from the entry points down to
+//! plain data (the layer list is in `ARCHITECTURE.md`):
 //!
-//! * [`server`] accepts connections (capped), serves HTTP/1.1 and h2c, drains on shutdown;
-//! * [`guard`] refuses what a browser page or a LAN peer must not do (`Host`, `Origin`,
-//!   tokens) before anything else runs, on the proxy's port and on serve's;
-//! * [`route`] decides between rawrxd's own endpoints ([`admin`]) and forwarding;
-//! * [`upstream`] rewrites the request for the upstream and sends it over a pooled client;
-//! * [`body`] wraps both bodies: the request body is size-limited, the response body is
-//!   streamed through frame by frame and closed with an in-band error if the upstream dies;
-//! * [`wire`] knows the client protocols (Ollama NDJSON, OpenAI SSE) and their error shapes;
-//! * [`rewrite`] finds the model's text in NDJSON lines, SSE events and JSON bodies and runs it
-//!   through [`patch`], the leak-free streaming rule pipeline built from [`rules`] and held in
-//!   the [`live`] snapshot;
-//! * [`error`] maps every request-path failure to one HTTP status.
-//!
-//! [`serve`] is `rawrxd serve`, the Ollama-compatible model server on llama.cpp.
-//!
-//! [`config`] and [`cli`] turn defaults, `rawrxd.toml`, `RAWRXD_*` and flags into one
-//! validated [`config::ProxyConfig`].
+//! * [`app`] — the entry points: command line, offline commands, wiring of a full proxy;
+//! * [`proxy`] — `rawrxd proxy`: accept loop, routing, upstream client, body wrappers, errors,
+//!   and rawrxd's own `/rawrxd/*` endpoints;
+//! * [`serve`] — `rawrxd serve`, the Ollama-compatible model server on llama.cpp;
+//! * [`live`] — the live rule snapshot and the rule manager that rebuilds and swaps it;
+//! * [`audit`] — where hits go: the bounded channel, the writer thread, the log formats;
+//! * [`patch`] — the response-side text pipeline and the re-framer that feeds it;
+//! * [`store`] — SQLite: migrations, rule rows, switches, the corrections table;
+//! * [`rules`] — the rule model, TOML parsing with locations, validation, detectors, globs;
+//! * [`gguf`] — the GGUF header reader and gate;
+//! * [`config`] — `rawrxd.toml`, `RAWRXD_*` and flags → validated settings;
+//! * [`edge`] — shared by both ports: the guard (`Host`, `Origin`, tokens) and client protocols;
+//! * [`telemetry`] — tracing set-up and the Prometheus metrics registry.
 
-pub mod admin;
 pub mod app;
 pub mod audit;
-pub mod body;
-pub mod cli;
-pub mod commands;
 pub mod config;
-pub mod error;
-pub mod guard;
+pub mod edge;
+pub mod gguf;
 pub mod live;
-pub mod metrics;
 pub mod patch;
-pub mod reload;
-pub mod rewrite;
-pub mod route;
+pub mod proxy;
 pub mod rules;
 pub mod serve;
-pub mod server;
-pub mod shutdown;
-pub mod state;
 pub mod store;
 pub mod telemetry;
-pub mod upstream;
-pub mod wire;
 
-pub use server::run;
-pub use state::ProxyState;
+pub use app::run::{run_audit, run_proxy, run_rules, run_serve, run_up};
+pub use proxy::{run, ProxyState};

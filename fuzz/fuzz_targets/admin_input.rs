@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = rawrxd::admin::correction_query(Some(text));
+    let _ = rawrxd::proxy::admin::correction_query(Some(text));
     if let Ok(spec) = serde_json::from_str::<rawrxd::rules::RuleSpec>(text) {
         let _ = rawrxd::rules::validate_spec(std::path::Path::new("<api>"), None, &spec);
     }

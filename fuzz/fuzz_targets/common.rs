@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rawrxd::patch::{Compiled, Pipeline};
-use rawrxd::rewrite::{Format, Rewriter};
+use rawrxd::patch::rewrite::{Format, Rewriter};
 use rawrxd::rules::{parse_file, Endpoint};
 
 const RULES: &str = r#"

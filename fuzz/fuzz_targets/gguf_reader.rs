@@ -1,16 +1,16 @@
-//! Any bytes as a GGUF file: `serve::gguf` returns metadata or an error, never panics and never
+//! Any bytes as a GGUF file: `rawrxd::gguf` returns metadata or an error, never panics and never
 //! allocates past its caps (run with `-malloc_limit_mb`); every file it accepts, ggml's own
 //! parser (the one llama.cpp's loader runs) accepts too — with tensors created — without
-//! aborting, with the same counts and data offset. Also pins `serve::gguf`'s tensor type table
+//! aborting, with the same counts and data offset. Also pins `rawrxd::gguf`'s tensor type table
 //! to the linked ggml's. (Here, outside the rawrxd package, because calling ggml needs
 //! `unsafe`, which rawrxd forbids.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use llama_cpp_sys_2 as sys;
-use rawrxd::serve::gguf::{parse_bytes, Limits, TENSOR_TYPES};
+use rawrxd::gguf::{parse_bytes, Limits, TENSOR_TYPES};
 
-/// `serve::gguf::TENSOR_TYPES` equals ggml's block and type sizes for every id.
+/// `rawrxd::gguf::TENSOR_TYPES` equals ggml's block and type sizes for every id.
 fn check_type_table() {
     assert_eq!(TENSOR_TYPES.len(), sys::GGML_TYPE_COUNT as usize);
     for (id, expected) in TENSOR_TYPES.iter().enumerate() {
@@ -52,5 +52,5 @@ fuzz_target!(|data: &[u8]| {
         }
         accepted
     };
-    assert!(accepted, "ggml refused a file serve::gguf accepted");
+    assert!(accepted, "ggml refused a file rawrxd::gguf accepted");
 });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rawrxd::wire::Framing;
+use rawrxd::edge::wire::Framing;
 
 fuzz_target!(|input: (String, Vec<u8>)| {
     let (message, tail) = input;

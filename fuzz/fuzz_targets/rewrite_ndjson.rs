@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rawrxd::rewrite::Format;
+use rawrxd::patch::rewrite::Format;
 use rawrxd::rules::Endpoint;
 
 mod common;

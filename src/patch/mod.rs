@@ -19,8 +19,14 @@
 //! 4. `regex` rules (file order).
 //!
 //! Shadow rules run in the same place but only report what they would have done.
+//!
+//! [`rewrite`] is the re-framer in front of the pipeline: it finds the model's text in NDJSON
+//! lines, SSE events and whole JSON bodies and writes it back patched.
+//!
+//! May use: `rules`. Used by `audit`, `live`, `proxy`, `app`.
 
 pub mod matcher;
+pub mod rewrite;
 pub mod stream;
 
 use std::collections::HashMap;

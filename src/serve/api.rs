@@ -17,7 +17,7 @@ use super::models::{Loaded, ModelError, ModelFile};
 use super::options::{self, Options};
 use super::template::{self, Message};
 use super::ServeState;
-use crate::serve::gguf::GgufMeta;
+use crate::gguf::GgufMeta;
 
 /// The Ollama API version reported by `/api/version` (clients gate features on it).
 pub const OLLAMA_VERSION: &str = "0.12.0";

@@ -26,7 +26,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::engine::Event;
 use super::{api, manage, openai, ServeState};
-use crate::wire::Flavor;
+use crate::edge::wire::Flavor;
 
 /// The response body type of every serve endpoint.
 pub type ServeBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -258,7 +258,7 @@ pub async fn handle(
     if admitted.preflight {
         let mut response = full(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
         *response.headers_mut() =
-            crate::guard::Access::preflight_headers(&admitted, request.headers());
+            crate::edge::guard::Access::preflight_headers(&admitted, request.headers());
         return Ok(response);
     }
     let mut response = match may_serve(&state, &method, &path, request.headers()) {
@@ -304,7 +304,7 @@ fn may_serve(
         // Blob uploads carry the model file itself (application/octet-stream).
         if *method == Method::POST
             && !path.starts_with("/api/blobs/")
-            && !crate::guard::is_json(headers)
+            && !crate::edge::guard::is_json(headers)
         {
             return Err(ServeError::UnsupportedMediaType);
         }
@@ -418,7 +418,7 @@ pub async fn run(
     grace: Duration,
 ) -> Finished {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!("{}", crate::server::listening_message("serve", addr));
+        tracing::info!("{}", crate::edge::listening_message("serve", addr));
     }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

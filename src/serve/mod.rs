@@ -5,16 +5,18 @@
 //! loads them on first use; [`template`] renders chat messages into a prompt; [`options`]
 //! turns Ollama options into sampling settings; the [`engine`] of each loaded model runs
 //! continuous batching on its own thread and streams text back, cut at [`stop`] sequences.
-//! [`gguf`] reads model metadata without loading the model. Beside the data path, [`manage`]
+//! [`crate::gguf`] reads model metadata without loading the model. Beside the data path, [`manage`]
 //! answers pull/create/copy/delete/blob requests by changing the [`registry`] (named
 //! manifests and content-addressed blobs in the models directory), reading server-side files
 //! only through [`imports`] (inside `serve.import_dirs`) and the network only through
 //! [`egress`] (no loopback, private or metadata addresses unless allowed).
+//!
+//! May use: `gguf`, `config`, `edge`. Never the proxy's parts: `rawrxd up` joins the two in
+//! `app`. Used by `app`.
 
 pub mod api;
 pub mod egress;
 pub mod engine;
-pub mod gguf;
 pub mod http;
 pub mod imports;
 pub mod manage;
@@ -44,9 +46,9 @@ pub struct ServeState {
     pub max_body: usize,
     /// Downloads and uploads in progress (one at a time per file).
     pub in_flight: std::sync::Arc<manage::InFlight>,
-    /// Tokens and the browser policy, checked before any handler (see [`crate::guard`]).
-    pub keys: crate::guard::Keys,
-    pub access: crate::guard::Access,
+    /// Tokens and the browser policy, checked before any handler (see [`crate::edge::guard`]).
+    pub keys: crate::edge::guard::Keys,
+    pub access: crate::edge::guard::Access,
     /// What model management may read, reach and write (import dirs, pull policy, sizes).
     pub files: std::sync::Arc<manage::Files>,
 }
@@ -64,10 +66,10 @@ pub struct ServeConfig {
     pub max_body: usize,
     pub preload: bool,
     pub shutdown_grace: Duration,
-    /// The admin token (management endpoints) and API keys (see [`crate::guard::Keys`]).
-    pub keys: crate::guard::Keys,
-    /// The `Host` and `Origin` policy (see [`crate::guard::Access`]).
-    pub access: crate::guard::Access,
+    /// The admin token (management endpoints) and API keys (see [`crate::edge::guard::Keys`]).
+    pub keys: crate::edge::guard::Keys,
+    /// The `Host` and `Origin` policy (see [`crate::edge::guard::Access`]).
+    pub access: crate::edge::guard::Access,
     /// `serve.import_dirs`, as configured (each an existing directory).
     pub import_dirs: Vec<PathBuf>,
     /// `serve.pull_allow_private` and `serve.pull_allowed_hosts`.
@@ -285,8 +287,8 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
             ));
         }
     }
-    let keys = crate::guard::Keys::new(admin_token, &raw.api_keys.items());
-    let access = crate::guard::Access::new(
+    let keys = crate::edge::guard::Keys::new(admin_token, &raw.api_keys.items());
+    let access = crate::edge::guard::Access::new(
         "serve",
         &raw.allowed_origins.items(),
         &raw.allowed_hosts.items(),
@@ -363,34 +365,6 @@ pub fn validate(raw: &crate::config::RawServe) -> Result<ServeConfig, String> {
             access,
         }),
         _ => Err(errors.join("; ")),
-    }
-}
-
-/// Flags of `rawrxd up`: every proxy flag (including `--config`, read for both halves), and
-/// serve's flags with serve's address as `--serve-listen` (the proxy's upstream; `--listen` is
-/// the proxy's).
-#[derive(Debug, Args, Default)]
-pub struct UpArgs {
-    #[command(flatten)]
-    pub proxy: crate::cli::ProxyArgs,
-
-    /// Address `serve` listens on; the proxy forwards to it [default: 127.0.0.1:11434]
-    #[arg(long, value_name = "ADDR")]
-    pub serve_listen: Option<String>,
-
-    #[command(flatten)]
-    pub engine: EngineFlags,
-}
-
-impl UpArgs {
-    /// The serve half, as `rawrxd serve` flags (same config file).
-    pub fn serve_args(&self) -> ServeArgs {
-        ServeArgs {
-            listen: self.serve_listen.clone(),
-            config: self.proxy.config.clone(),
-            admin_token: None,
-            engine: self.engine.clone(),
-        }
     }
 }
 

@@ -36,9 +36,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::engine::{Engine, EngineConfig, EngineError};
-use super::gguf::{read_meta, GgufMeta};
 use super::http::ServeBody;
 use super::registry::{self, Manifest};
+use crate::gguf::{read_meta, GgufMeta};
 
 /// How often the background thread rescans the models directory.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(2);

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use rawrxd::config::RawProxy;
-use rawrxd::server::Finished;
+use rawrxd::proxy::server::Finished;
 use rawrxd::ProxyState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -1,0 +1,47 @@
+//! The live rule snapshot. Everything built from the rules sits in one [`Live`] value behind
+//! one `ArcSwap` in [`crate::ProxyState`]: building is fallible and happens off the request
+//! path, swapping is infallible, and each request loads the snapshot once and keeps it for its
+//! whole life, so a stream finishes with the rules it started with.
+//!
+//! [`reload`] is the rule manager that rebuilds and swaps it (file watcher, re-scan, store
+//! polling, admin commands); it updates the snapshot through the [`reload::LiveSlot`] trait,
+//! which the proxy's state implements.
+//!
+//! May use: `patch`, `store`, `rules`, `telemetry`. Used by `proxy` and `app`.
+
+pub mod reload;
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::patch::Pipeline;
+use crate::rules::{self, Rule, RuleError};
+
+pub struct Live {
+    pub pipeline: Pipeline,
+    /// When this snapshot was built.
+    pub built: SystemTime,
+}
+
+impl Live {
+    /// No rules: every response passes through untouched.
+    pub fn empty() -> Self {
+        Live {
+            pipeline: Pipeline::empty(),
+            built: SystemTime::now(),
+        }
+    }
+
+    /// Validated rules → compiled snapshot.
+    pub fn build(rules: Vec<Rule>) -> Result<Self, Vec<RuleError>> {
+        Ok(Live {
+            pipeline: Pipeline::new(rules)?,
+            built: SystemTime::now(),
+        })
+    }
+
+    /// Reads, validates and compiles every `*.toml` in `dir` (a missing dir means no rules).
+    pub fn load_dir(dir: &Path) -> Result<Self, Vec<RuleError>> {
+        Self::build(rules::load_dir(dir)?)
+    }
+}
