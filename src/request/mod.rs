@@ -32,9 +32,11 @@
 //!
 //! May use: `rules`, `patch` (the `Hit` and counter types). Used by `live`, `proxy`, `app`.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::patch::{Hit, RuleTable};
@@ -142,18 +144,9 @@ impl RequestPatches {
         if selected.is_empty() {
             return Outcome::NotApplicable;
         }
-        let mut value: Value = match serde_json::from_slice(body) {
-            Ok(value) => value,
-            Err(e) => {
-                return Outcome::Skipped {
-                    reason: format!("the body is not JSON: {e}"),
-                }
-            }
-        };
-        let Some(object) = value.as_object_mut() else {
-            return Outcome::Skipped {
-                reason: "the body is not a JSON object".into(),
-            };
+        let mut doc = match Doc::parse(body) {
+            Ok(doc) => doc,
+            Err(reason) => return Outcome::Skipped { reason },
         };
         let mut hits = Vec::new();
         let mut changed = false;
@@ -161,9 +154,9 @@ impl RequestPatches {
             let rule = &rules[index];
             let shadow = rule.mode == Mode::Shadow;
             let effect = if shadow {
-                apply_rule(rule, endpoint, &mut object.clone())
+                apply_rule(rule, endpoint, &mut doc.clone())
             } else {
-                apply_rule(rule, endpoint, object)
+                apply_rule(rule, endpoint, &mut doc)
             };
             match effect {
                 Err(reason) => {
@@ -192,7 +185,7 @@ impl RequestPatches {
                 // Sized once for the original plus what rules usually add, so writing is one
                 // allocation (a growing Vec would allocate up to twice the body).
                 let mut out = Vec::with_capacity(body.len() + body.len() / 8 + 1024);
-                match serde_json::to_writer(&mut out, &value) {
+                match doc.write(&mut out) {
                     Ok(()) => Some(out),
                     Err(e) => {
                         return Outcome::Skipped {
@@ -225,28 +218,234 @@ impl RequestPatches {
     }
 }
 
-fn apply_rule(
-    rule: &Rule,
-    endpoint: Endpoint,
-    body: &mut Map<String, Value>,
-) -> Result<Effect, Skip> {
+fn apply_rule(rule: &Rule, endpoint: Endpoint, body: &mut Doc<'_>) -> Result<Effect, Skip> {
     match &rule.action {
         Action::Alias { to, .. } => {
             let before = body
-                .get("model")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if before == to {
+                .field("model")?
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            if before == *to {
                 return Ok(None);
             }
-            let before = format!("model={before}");
-            body.insert("model".into(), Value::String(to.clone()));
-            Ok(Some((before, format!("model={to}"))))
+            body.put("model", Value::String(to.clone()));
+            Ok(Some((format!("model={before}"), format!("model={to}"))))
         }
         Action::SystemPrompt { text, position } => system_prompt(endpoint, body, text, *position),
         Action::Param { name, value, op } => param(endpoint, body, name, value, *op),
         Action::Stop { sequences } => stop(endpoint, body, sequences),
         _ => Ok(None),
+    }
+}
+
+/// A JSON object whose fields rules read and write: the request body ([`Doc`]) or one of its
+/// objects (`options`).
+trait Object {
+    /// The value of `key`, when present.
+    fn field(&mut self, key: &str) -> Result<Option<&mut Value>, Skip>;
+    /// Sets `key` (in place when present, else at the end).
+    fn put(&mut self, key: &str, value: Value);
+    /// Removes `key`, keeping the order of the others; whether it was there.
+    fn take(&mut self, key: &str) -> bool;
+}
+
+impl Object for Map<String, Value> {
+    fn field(&mut self, key: &str) -> Result<Option<&mut Value>, Skip> {
+        Ok(self.get_mut(key))
+    }
+
+    fn put(&mut self, key: &str, value: Value) {
+        self.insert(key.to_string(), value);
+    }
+
+    fn take(&mut self, key: &str) -> bool {
+        self.shift_remove(key).is_some()
+    }
+}
+
+/// A request body as rules see it: its top-level fields in order, each kept as the client's
+/// bytes until a rule reads it (then parsed), so a long conversation is never copied into a
+/// tree. `messages` can be opened one level further: a list of messages, each kept as
+/// bytes unless a rule reads it.
+#[derive(Clone)]
+struct Doc<'a> {
+    fields: Vec<(Cow<'a, str>, Slot<'a>)>,
+}
+
+#[derive(Clone)]
+enum Slot<'a> {
+    Raw(&'a RawValue),
+    Parsed(Value),
+    /// A list opened one level (`messages`).
+    List(Vec<Slot<'a>>),
+}
+
+impl<'a> Slot<'a> {
+    /// The slot as a value, parsed as needed.
+    fn into_value(self) -> Result<Value, Skip> {
+        match self {
+            Slot::Raw(raw) => serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
+            Slot::Parsed(value) => Ok(value),
+            Slot::List(items) => items
+                .into_iter()
+                .map(Slot::into_value)
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        match self {
+            Slot::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            Slot::Parsed(value) => serde_json::to_writer(&mut *out, value)?,
+            Slot::List(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(out)?;
+                }
+                out.push(b']');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The top level of a body: field names and their values' bytes, in order.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Fields<'de>, M::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    fields.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// Just the role of a message (the rest is skipped, not copied).
+#[derive(serde::Deserialize)]
+struct Role<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+}
+
+impl<'a> Doc<'a> {
+    fn parse(body: &'a [u8]) -> Result<Doc<'a>, Skip> {
+        match serde_json::from_slice::<Fields<'a>>(body) {
+            Ok(Fields(fields)) => Ok(Doc {
+                fields: fields
+                    .into_iter()
+                    .map(|(key, raw)| (key, Slot::Raw(raw)))
+                    .collect(),
+            }),
+            Err(e) if e.is_data() => Err("the body is not a JSON object".into()),
+            Err(e) => Err(format!("the body is not JSON: {e}")),
+        }
+    }
+
+    fn index(&self, key: &str) -> Option<usize> {
+        self.fields.iter().position(|(k, _)| k == key)
+    }
+
+    /// `messages` as a list whose items stay bytes until read; `None` when absent or null.
+    fn messages(&mut self) -> Result<Option<&mut Vec<Slot<'a>>>, Skip> {
+        let Some(i) = self.index("messages") else {
+            return Ok(None);
+        };
+        let slot = &mut self.fields[i].1;
+        if let Slot::Raw(raw) = slot {
+            let text = raw.get();
+            if text == "null" {
+                return Ok(None);
+            }
+            let items: Vec<&'a RawValue> = serde_json::from_str(text).map_err(|_| {
+                let kind =
+                    serde_json::from_str::<Value>(text).map_or("not a list", |v| type_of(&v));
+                format!("`messages` is {kind}, not a list")
+            })?;
+            *slot = Slot::List(items.into_iter().map(Slot::Raw).collect());
+        }
+        if let Slot::Parsed(value) = slot {
+            match value.take() {
+                Value::Array(items) => {
+                    *slot = Slot::List(items.into_iter().map(Slot::Parsed).collect())
+                }
+                Value::Null => return Ok(None),
+                other => return Err(format!("`messages` is {}, not a list", type_of(&other))),
+            }
+        }
+        match slot {
+            Slot::List(items) => Ok(Some(items)),
+            _ => Ok(None),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.push(b'{');
+        for (i, (key, slot)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, key.as_ref())?;
+            out.push(b':');
+            slot.write(out)?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+impl Object for Doc<'_> {
+    fn field(&mut self, key: &str) -> Result<Option<&mut Value>, Skip> {
+        let Some(i) = self.index(key) else {
+            return Ok(None);
+        };
+        let slot = &mut self.fields[i].1;
+        if !matches!(slot, Slot::Parsed(_)) {
+            let taken = std::mem::replace(slot, Slot::Parsed(Value::Null));
+            *slot = Slot::Parsed(taken.into_value()?);
+        }
+        match slot {
+            Slot::Parsed(value) => Ok(Some(value)),
+            _ => Ok(None),
+        }
+    }
+
+    fn put(&mut self, key: &str, value: Value) {
+        match self.index(key) {
+            Some(i) => self.fields[i].1 = Slot::Parsed(value),
+            None => self
+                .fields
+                .push((Cow::Owned(key.to_string()), Slot::Parsed(value))),
+        }
+    }
+
+    fn take(&mut self, key: &str) -> bool {
+        match self.index(key) {
+            Some(i) => {
+                self.fields.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -274,31 +473,32 @@ fn positioned(existing: &str, text: &str, position: Position) -> String {
 
 fn system_prompt(
     endpoint: Endpoint,
-    body: &mut Map<String, Value>,
+    body: &mut Doc<'_>,
     text: &str,
     position: Position,
 ) -> Result<Effect, Skip> {
     match endpoint {
         Endpoint::Generate => {
-            let existing = match body.get("system") {
-                None | Some(Value::Null) => "",
-                Some(Value::String(s)) => s.as_str(),
+            let existing = match body.field("system")? {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
                 Some(other) => return Err(format!("`system` is {}, not a string", type_of(other))),
             };
-            if already_there(existing, text, position) {
+            if already_there(&existing, text, position) {
                 return Ok(None);
             }
-            let new = positioned(existing, text, position);
-            let before = format!("system={}", shown(existing));
-            body.insert("system".into(), Value::String(new.clone()));
-            Ok(Some((before, format!("system={}", shown(&new)))))
+            let new = positioned(&existing, text, position);
+            let before = format!("system={}", shown(&existing));
+            let after = format!("system={}", shown(&new));
+            body.put("system", Value::String(new));
+            Ok(Some((before, after)))
         }
         Endpoint::OpenaiCompletions => {
             if position != Position::Prepend {
                 return Ok(None);
             }
             let prefix = format!("{text}\n\n");
-            match body.get_mut("prompt") {
+            match body.field("prompt")? {
                 Some(Value::String(prompt)) => {
                     if prompt.starts_with(text) {
                         return Ok(None);
@@ -330,26 +530,34 @@ fn system_prompt(
         }
         Endpoint::Chat | Endpoint::OpenaiChat => {
             let openai = is_openai(endpoint);
-            let messages = match body.get_mut("messages") {
-                None | Some(Value::Null) => return Ok(None),
-                Some(Value::Array(messages)) => messages,
-                Some(other) => return Err(format!("`messages` is {}, not a list", type_of(other))),
+            let Some(messages) = body.messages()? else {
+                return Ok(None);
             };
             if messages.is_empty() {
                 // A chat without messages only loads the model; nothing to steer.
                 return Ok(None);
             }
-            let is_system = |m: &Value| {
-                matches!(m.get("role").and_then(Value::as_str), Some("system"))
-                    || (openai && m.get("role").and_then(Value::as_str) == Some("developer"))
+            let is_system = |role: Option<&str>| {
+                role == Some("system") || (openai && role == Some("developer"))
             };
             // Idempotent: the text anywhere in a system message means it is there already.
+            // Only system messages are parsed; the others are skimmed for their role.
             let mut first = None;
-            for (i, message) in messages.iter().enumerate() {
-                if !is_system(message) {
+            for (i, slot) in messages.iter_mut().enumerate() {
+                let system = match slot {
+                    Slot::Raw(raw) => serde_json::from_str::<Role>(raw.get())
+                        .map(|r| is_system(r.role.as_deref()))
+                        .unwrap_or(false),
+                    Slot::Parsed(value) => is_system(value.get("role").and_then(Value::as_str)),
+                    Slot::List(_) => false,
+                };
+                if !system {
                     continue;
                 }
-                let content = content_text(message.get("content"))?;
+                let taken = std::mem::replace(slot, Slot::Parsed(Value::Null));
+                let value = taken.into_value()?;
+                let content = content_text(value.get("content"))?;
+                *slot = Slot::Parsed(value);
                 if position != Position::Replace && content.contains(text) {
                     return Ok(None);
                 }
@@ -363,7 +571,7 @@ fn system_prompt(
                     let mut message = Map::new();
                     message.insert("role".into(), Value::String("system".into()));
                     message.insert("content".into(), Value::String(text.to_string()));
-                    messages.insert(0, Value::Object(message));
+                    messages.insert(0, Slot::Parsed(Value::Object(message)));
                     Ok(Some((
                         "system message=<none>".into(),
                         format!("system message={}", shown(text)),
@@ -375,10 +583,11 @@ fn system_prompt(
                     }
                     let new = positioned(&existing, text, position);
                     let before = format!("system message={}", shown(&existing));
-                    if let Some(Value::Object(message)) = messages.get_mut(i) {
-                        message.insert("content".into(), Value::String(new.clone()));
+                    let after = format!("system message={}", shown(&new));
+                    if let Some(Slot::Parsed(Value::Object(message))) = messages.get_mut(i) {
+                        message.insert("content".into(), Value::String(new));
                     }
-                    Ok(Some((before, format!("system message={}", shown(&new)))))
+                    Ok(Some((before, after)))
                 }
             }
         }
@@ -410,31 +619,33 @@ fn content_text(content: Option<&Value>) -> Result<String, Skip> {
 
 /// Where parameter `name` lives for `endpoint`: (inside `options`?, field name), or `None`
 /// when that API has no such parameter.
-fn param_field(
-    endpoint: Endpoint,
-    name: &str,
-    body: &Map<String, Value>,
-) -> Option<(bool, String)> {
+fn param_field(endpoint: Endpoint, name: &str, body: &Doc<'_>) -> Option<(bool, &'static str)> {
     if !is_openai(endpoint) {
         let top = matches!(name, "keep_alive" | "think");
-        return Some((!top, name.to_string()));
+        let known = crate::rules::PARAMS.iter().find(|(n, _)| *n == name)?.0;
+        return Some((!top, known));
     }
     let field = match name {
-        "temperature" | "top_p" | "seed" | "presence_penalty" | "frequency_penalty" => name,
+        "temperature" => "temperature",
+        "top_p" => "top_p",
+        "seed" => "seed",
+        "presence_penalty" => "presence_penalty",
+        "frequency_penalty" => "frequency_penalty",
         "num_predict"
-            if endpoint == Endpoint::OpenaiChat && body.contains_key("max_completion_tokens") =>
+            if endpoint == Endpoint::OpenaiChat
+                && body.index("max_completion_tokens").is_some() =>
         {
             "max_completion_tokens"
         }
         "num_predict" => "max_tokens",
         _ => return None,
     };
-    Some((false, field.to_string()))
+    Some((false, field))
 }
 
 fn param(
     endpoint: Endpoint,
-    body: &mut Map<String, Value>,
+    body: &mut Doc<'_>,
     name: &str,
     value: &Value,
     op: ParamOp,
@@ -442,33 +653,40 @@ fn param(
     let Some((in_options, field)) = param_field(endpoint, name, body) else {
         return Ok(None);
     };
-    let target = match in_options {
-        false => body,
+    match in_options {
+        false => param_in(body, field, field.to_string(), name, value, op),
         true => match options(body, op != ParamOp::Remove)? {
-            Some(options) => options,
-            None => return Ok(None),
+            Some(options) => param_in(options, field, format!("options.{field}"), name, value, op),
+            None => Ok(None),
         },
-    };
-    let current = target.get(&field).filter(|v| !v.is_null());
-    let shown_field = match in_options {
-        true => format!("options.{field}"),
-        false => field.clone(),
-    };
-    let before = current.map_or_else(|| "<unset>".to_string(), Value::to_string);
+    }
+}
+
+fn param_in(
+    target: &mut impl Object,
+    field: &str,
+    shown_field: String,
+    name: &str,
+    value: &Value,
+    op: ParamOp,
+) -> Result<Effect, Skip> {
+    let current = target.field(field)?.filter(|v| !v.is_null()).cloned();
+    let before = current
+        .as_ref()
+        .map_or_else(|| "<unset>".to_string(), Value::to_string);
     let write = match op {
         ParamOp::Remove => {
-            if current.is_none() {
+            if current.is_none() || !target.take(field) {
                 return Ok(None);
             }
-            target.shift_remove(&field);
             return Ok(Some((
                 format!("{shown_field}={before}"),
                 format!("{shown_field}=<removed>"),
             )));
         }
-        ParamOp::Set => current != Some(value),
+        ParamOp::Set => current.as_ref() != Some(value),
         ParamOp::Default => current.is_none(),
-        ParamOp::Max | ParamOp::Min => match current {
+        ParamOp::Max | ParamOp::Min => match &current {
             None => true,
             Some(current) => {
                 let (Some(have), Some(bound)) = (current.as_f64(), value.as_f64()) else {
@@ -489,26 +707,29 @@ fn param(
     if !write {
         return Ok(None);
     }
-    target.insert(field, value.clone());
+    target.put(field, value.clone());
     Ok(Some((
         format!("{shown_field}={before}"),
         format!("{shown_field}={value}"),
     )))
 }
 
-fn stop(
-    endpoint: Endpoint,
-    body: &mut Map<String, Value>,
+fn stop(endpoint: Endpoint, body: &mut Doc<'_>, sequences: &[String]) -> Result<Effect, Skip> {
+    match is_openai(endpoint) {
+        true => stop_in(body, "stop", sequences),
+        false => match options(body, true)? {
+            Some(options) => stop_in(options, "options.stop", sequences),
+            None => Ok(None),
+        },
+    }
+}
+
+fn stop_in(
+    target: &mut impl Object,
+    shown_field: &str,
     sequences: &[String],
 ) -> Result<Effect, Skip> {
-    let (target, shown_field) = match is_openai(endpoint) {
-        true => (body, "stop"),
-        false => match options(body, true)? {
-            Some(options) => (options, "options.stop"),
-            None => return Ok(None),
-        },
-    };
-    let mut list: Vec<Value> = match target.get("stop") {
+    let mut list: Vec<Value> = match target.field("stop")? {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![Value::String(s.clone())],
         Some(Value::Array(items)) if items.iter().all(Value::is_string) => items.clone(),
@@ -527,7 +748,7 @@ fn stop(
     }
     let after = Value::Array(list);
     let shown_after = after.to_string();
-    target.insert("stop".into(), after);
+    target.put("stop", after);
     Ok(Some((
         format!("{shown_field}={before}"),
         format!("{shown_field}={shown_after}"),
@@ -535,19 +756,17 @@ fn stop(
 }
 
 /// Ollama's `options` object, created when missing and `create` is set.
-fn options(
-    body: &mut Map<String, Value>,
+fn options<'d>(
+    body: &'d mut Doc<'_>,
     create: bool,
-) -> Result<Option<&mut Map<String, Value>>, Skip> {
-    match body.get("options") {
+) -> Result<Option<&'d mut Map<String, Value>>, Skip> {
+    match body.field("options")? {
         None | Some(Value::Null) if !create => return Ok(None),
-        None | Some(Value::Null) => {
-            body.insert("options".into(), Value::Object(Map::new()));
-        }
+        None | Some(Value::Null) => body.put("options", Value::Object(Map::new())),
         Some(Value::Object(_)) => {}
         Some(other) => return Err(format!("`options` is {}, not an object", type_of(other))),
     }
-    Ok(body.get_mut("options").and_then(Value::as_object_mut))
+    Ok(body.field("options")?.and_then(Value::as_object_mut))
 }
 
 fn type_of(value: &Value) -> &'static str {
