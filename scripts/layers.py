@@ -15,7 +15,7 @@ LAYERS = [
     ["app"],
     ["proxy", "serve"],
     ["live"],
-    ["audit"],
+    ["audit", "request"],
     ["patch"],
     ["store"],
     ["rules", "gguf", "config"],

@@ -12,6 +12,7 @@
 //! * [`serve`] — `rawrxd serve`, the Ollama-compatible model server on llama.cpp;
 //! * [`live`] — the live rule snapshot and the rule manager that rebuilds and swaps it;
 //! * [`audit`] — where hits go: the bounded channel, the writer thread, the log formats;
+//! * [`request`] — request-side behavior patches: aliases, system prompts, parameters, stops;
 //! * [`patch`] — the response-side text pipeline and the re-framer that feeds it;
 //! * [`store`] — SQLite: migrations, rule rows, switches, the corrections table;
 //! * [`rules`] — the rule model, TOML parsing with locations, validation, detectors, globs;
@@ -28,6 +29,7 @@ pub mod gguf;
 pub mod live;
 pub mod patch;
 pub mod proxy;
+pub mod request;
 pub mod rules;
 pub mod serve;
 pub mod store;

@@ -93,20 +93,31 @@ pub enum RulesCommand {
         #[arg(long, value_name = "DIR", default_value = "rules")]
         rules: PathBuf,
     },
-    /// Apply the rules to a text and show the result and which rules fired.
+    /// Apply the rules to a model's text (--input) or to a request body (--request) and show
+    /// the result and which rules fired.
     Test {
-        /// The text, or a path to a file holding it
-        #[arg(long, value_name = "TEXT|FILE")]
-        input: String,
+        /// The model's text, or a path to a file holding it: runs the response-side rules
+        #[arg(
+            long,
+            value_name = "TEXT|FILE",
+            required_unless_present = "request",
+            conflicts_with = "request"
+        )]
+        input: Option<String>,
+        /// A request body (JSON file) as a client would send it: runs the request-side rules
+        /// and prints the body the upstream would get
+        #[arg(long, value_name = "FILE")]
+        request: Option<PathBuf>,
         /// Rule directory [default: rules]
         #[arg(long, value_name = "DIR", default_value = "rules")]
         rules: PathBuf,
-        /// Model name the rules are selected for
-        #[arg(long, value_name = "NAME", default_value = "")]
-        model: String,
+        /// Model name the rules are selected for [default: the request's `model`, else none]
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
         /// Endpoint the rules are selected for: generate, chat, openai_chat, openai_completions
-        #[arg(long, value_name = "ENDPOINT", default_value = "generate")]
-        endpoint: String,
+        /// [default: generate; with --request, chat when the body has `messages`]
+        #[arg(long, value_name = "ENDPOINT")]
+        endpoint: Option<String>,
     },
     /// List the rules in a directory.
     List {

@@ -1,11 +1,12 @@
 //! The offline commands: `rawrxd rules …` (the same validation and pipeline the proxy uses,
-//! on files and texts, without a server) and `rawrxd audit …` (the audit log and table).
+//! on files, texts and request bodies, without a server) and `rawrxd audit …` (the audit log and table).
 //! Each returns the report to print, and `main` prints it; `audit tail -f` writes as it goes.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::patch::Pipeline;
+use crate::request::{Outcome, RequestPatches};
 use crate::rules::{self, Endpoint, Rule, RuleError};
 
 /// A command's printable outcome: `Err` means exit non-zero.
@@ -136,6 +137,74 @@ pub fn test(input: &str, dir: &Path, model: &str, endpoint: &str) -> Report {
         let _ = write!(out, "\nblocked: the response would end with {message:?}");
     }
     Ok(out)
+}
+
+/// `rawrxd rules test --request FILE`: the request-side rules on a request body, as the proxy
+/// would apply them before forwarding; prints the body the upstream would get and the rules
+/// that fired.
+pub fn test_request(
+    file: &Path,
+    dir: &Path,
+    model: Option<&str>,
+    endpoint: Option<&str>,
+) -> Report {
+    let body = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let endpoint = match endpoint {
+        Some(name) => Endpoint::parse(name).ok_or_else(|| {
+            format!(
+                "unknown endpoint {name:?}; use generate, chat, openai_chat or openai_completions"
+            )
+        })?,
+        None if json.as_ref().is_some_and(|j| j.get("messages").is_some()) => Endpoint::Chat,
+        None => Endpoint::Generate,
+    };
+    let model = match model {
+        Some(model) => model.to_string(),
+        None => json
+            .as_ref()
+            .and_then(|j| j.get("model"))
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let rules = load(&[], dir).map_err(|errors| render_errors(&errors))?;
+    let pipeline = Pipeline::new(rules).map_err(|errors| render_errors(&errors))?;
+    let patches = RequestPatches::new(pipeline.table().clone());
+    let original = String::from_utf8_lossy(&body);
+    match patches.apply(endpoint, &model, &body) {
+        Outcome::NotApplicable => Ok(format!(
+            "{original}\n--\nno request-side rule applies to model {model:?} on {}",
+            endpoint.name()
+        )),
+        Outcome::Skipped { reason } => Err(format!(
+            "the proxy would forward this body unpatched: {reason}"
+        )),
+        Outcome::Patched(patched) => {
+            let mut out = match &patched.body {
+                Some(body) => String::from_utf8_lossy(body).into_owned(),
+                None => original.into_owned(),
+            };
+            let _ = write!(
+                out,
+                "\n--\n{} patch(es); the upstream sees model {:?}",
+                patched.hits.len(),
+                patched.model
+            );
+            for hit in &patched.hits {
+                let _ = write!(
+                    out,
+                    "\n{} ({}{}): {} -> {}",
+                    hit.rule_id,
+                    hit.kind.name(),
+                    if hit.shadow { ", shadow" } else { "" },
+                    hit.detected,
+                    hit.corrected
+                );
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// `rawrxd audit tail`: the last `lines` lines of `corrections.log`; with `follow`, then every

@@ -19,11 +19,24 @@ pub fn run_rules(command: RulesCommand, out: &mut dyn Write, err: &mut dyn Write
         RulesCommand::Check { files, rules } => commands::check(&files, &rules),
         RulesCommand::List { rules } => commands::list(&rules),
         RulesCommand::Test {
-            input,
+            input: _,
+            request: Some(request),
             rules,
             model,
             endpoint,
-        } => commands::test(&input, &rules, &model, &endpoint),
+        } => commands::test_request(&request, &rules, model.as_deref(), endpoint.as_deref()),
+        RulesCommand::Test {
+            input,
+            request: None,
+            rules,
+            model,
+            endpoint,
+        } => commands::test(
+            &input.unwrap_or_default(),
+            &rules,
+            model.as_deref().unwrap_or_default(),
+            endpoint.as_deref().unwrap_or("generate"),
+        ),
     };
     match report {
         Ok(text) => {

@@ -237,9 +237,7 @@ pub fn type_label(kind: Kind) -> &'static str {
         Kind::Redact => "secret_redacted",
         Kind::Block => "blocked_content",
         Kind::Path => "invalid_path",
-        Kind::SystemPrompt => "system_prompt",
-        Kind::Param => "parameter",
-        Kind::Stop => "stop_sequence",
+        Kind::SystemPrompt | Kind::Param | Kind::Stop | Kind::Alias => "behavior_patch",
     }
 }
 

@@ -7,7 +7,7 @@
 //! polling, admin commands); it updates the snapshot through the [`reload::LiveSlot`] trait,
 //! which the proxy's state implements.
 //!
-//! May use: `patch`, `store`, `rules`, `telemetry`. Used by `proxy` and `app`.
+//! May use: `request`, `audit`, `patch`, `store`, `rules`, `telemetry`. Used by `proxy` and `app`.
 
 pub mod reload;
 
@@ -15,10 +15,14 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::patch::Pipeline;
+use crate::request::RequestPatches;
 use crate::rules::{self, Rule, RuleError};
 
 pub struct Live {
     pub pipeline: Pipeline,
+    /// The request-side rules (`alias`, `system_prompt`, `param`, `stop`), sharing the
+    /// pipeline's rule table and counters.
+    pub request: RequestPatches,
     /// When this snapshot was built.
     pub built: SystemTime,
 }
@@ -26,18 +30,21 @@ pub struct Live {
 impl Live {
     /// No rules: every response passes through untouched.
     pub fn empty() -> Self {
-        Live {
-            pipeline: Pipeline::empty(),
-            built: SystemTime::now(),
-        }
+        Self::from_pipeline(Pipeline::empty())
     }
 
     /// Validated rules → compiled snapshot.
     pub fn build(rules: Vec<Rule>) -> Result<Self, Vec<RuleError>> {
-        Ok(Live {
-            pipeline: Pipeline::new(rules)?,
+        Ok(Self::from_pipeline(Pipeline::new(rules)?))
+    }
+
+    /// The snapshot of a compiled pipeline: its request-side rules picked out of its table.
+    pub fn from_pipeline(pipeline: Pipeline) -> Self {
+        Live {
+            request: RequestPatches::new(pipeline.table().clone()),
+            pipeline,
             built: SystemTime::now(),
-        })
+        }
     }
 
     /// Reads, validates and compiles every `*.toml` in `dir` (a missing dir means no rules).

@@ -556,10 +556,9 @@ impl Worker {
 
 /// Validated rules → a live snapshot whose counters continue from `counters`.
 pub fn build(rules: Vec<Rule>, counters: &CounterRegistry) -> Result<Live, Vec<RuleError>> {
-    Ok(Live {
-        pipeline: Pipeline::with_counters(rules, counters)?,
-        built: SystemTime::now(),
-    })
+    Ok(Live::from_pipeline(Pipeline::with_counters(
+        rules, counters,
+    )?))
 }
 
 fn store_error(error: StoreError) -> RuleError {

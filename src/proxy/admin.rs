@@ -335,7 +335,9 @@ async fn health(state: &ProxyState) -> Response<ProxyBody> {
 /// * `hallucinationsCorrected`: matches that changed the output;
 /// * `navigationErrorsFixed`: applied `path` rules;
 /// * `behaviorPatchesApplied`: applied request-side patches (`system_prompt`, `param`,
-///   `stop`).
+///   `stop`, `alias`);
+/// * `behaviorPatchesSkipped`: requests request-side rules applied to but could not patch
+///   (not JSON, or an unexpected type where a rule writes), forwarded as sent.
 fn stats(state: &ProxyState) -> Value {
     let stats = &state.stats;
     let live = state.live.load();
@@ -356,7 +358,9 @@ fn stats(state: &ProxyState) -> Value {
         corrected += applied;
         match kinds.get(id.as_str()) {
             Some(Kind::Path) => navigation += applied,
-            Some(Kind::SystemPrompt | Kind::Param | Kind::Stop) => behavior += applied,
+            Some(Kind::SystemPrompt | Kind::Param | Kind::Stop | Kind::Alias) => {
+                behavior += applied
+            }
             _ => {}
         }
         per_rule.insert(
@@ -378,6 +382,7 @@ fn stats(state: &ProxyState) -> Value {
         "hallucinationsCorrected": corrected,
         "navigationErrorsFixed": navigation,
         "behaviorPatchesApplied": behavior,
+        "behaviorPatchesSkipped": stats.request_patches_skipped.load(Ordering::Relaxed),
         "requests": {
             "total": stats.requests_total.load(Ordering::Relaxed),
             "inFlight": stats.requests_in_flight.load(Ordering::Relaxed),

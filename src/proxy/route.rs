@@ -20,6 +20,7 @@ use crate::proxy::body::{BodyFault, LimitedBody, PatchBody, ProxyBody, UpstreamB
 use crate::proxy::error::ProxyError;
 use crate::proxy::state::{ProxyState, RequestRecord};
 use crate::proxy::upstream::{strip_hop_by_hop, SendError};
+use crate::request::Outcome;
 use crate::rules::Endpoint;
 
 /// Prefix of the proxy's own endpoints; never forwarded.
@@ -173,12 +174,15 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
     state.upstream.prepare_headers(&mut parts.headers);
     let (body, fault) = LimitedBody::new(body, limit, state.stats.clone());
     // The rules to apply depend on the model named in the request body: read it whole (the
-    // bytes are forwarded unchanged). Requests no rule can touch stream straight through.
+    // bytes are forwarded unchanged unless a request-side rule changes them). Requests no rule
+    // can touch stream straight through.
     let live = state.live.load_full();
     let endpoint = (parts.method == Method::POST)
         .then(|| Endpoint::of_path(parts.uri.path()))
         .flatten();
-    let patchable = endpoint.filter(|_| !live.pipeline.is_empty() && state.patching_enabled());
+    let patchable = endpoint.filter(|_| {
+        (!live.pipeline.is_empty() || !live.request.is_empty()) && state.patching_enabled()
+    });
     let (body, patch) = match patchable {
         Some(endpoint) => {
             let bytes = match body.collect().await {
@@ -191,7 +195,39 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
                     return Err((error, Duration::ZERO));
                 }
             };
-            let model = model_of(&bytes);
+            let mut model = model_of(&bytes);
+            let mut bytes = bytes;
+            if !live.request.is_empty() {
+                match live.request.apply(endpoint, &model, &bytes) {
+                    Outcome::NotApplicable => {}
+                    Outcome::Skipped { reason } => {
+                        state
+                            .stats
+                            .request_patches_skipped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        state.metrics.request_patches_skipped.inc();
+                        tracing::warn!(
+                            "request-side rules skipped, body forwarded as sent: {reason}"
+                        );
+                    }
+                    Outcome::Patched(patched) => {
+                        if let Some(body) = patched.body {
+                            bytes = Bytes::from(body);
+                            parts
+                                .headers
+                                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                        }
+                        model = patched.model;
+                        HitSink {
+                            audit: state.audit.clone(),
+                            metrics: state.metrics.clone(),
+                            model: Arc::from(model.as_str()),
+                            endpoint,
+                        }
+                        .record(patched.hits);
+                    }
+                }
+            }
             let patch = live
                 .pipeline
                 .select(&model, Some(endpoint))

@@ -132,6 +132,8 @@ pub struct Stats {
     pub connections_total: AtomicU64,
     /// Responses that went through the rule pipeline.
     pub requests_patched: AtomicU64,
+    /// Requests whose body request-side rules could not patch (forwarded as sent).
+    pub request_patches_skipped: AtomicU64,
 }
 
 /// How a request ended, for the access log.

@@ -42,3 +42,11 @@ pub(super) fn glob_match(pattern: &str, text: &str) -> bool {
     }
     pattern[p..].iter().all(|&c| c == '*')
 }
+
+/// Whether model glob `glob` matches `model` in either spelling (`x` ≡ `x:latest`), ignoring
+/// ASCII case: how a rule's `models` and an `alias` rule's `from` select models.
+pub fn model_matches(glob: &str, model: &str) -> bool {
+    model_spellings(model)
+        .iter()
+        .any(|name| glob_match(glob, name))
+}

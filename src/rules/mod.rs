@@ -25,6 +25,7 @@ mod tests;
 mod validate;
 
 pub use detectors::Detector;
+pub use glob::model_matches;
 use glob::*;
 use parse::*;
 pub use parse::{load_dir, parse_file, validate_spec};
@@ -86,6 +87,8 @@ const ALL_FIELDS: &[&str] = &[
     "value",
     "op",
     "sequences",
+    "from",
+    "to",
     "description",
 ];
 
@@ -101,10 +104,11 @@ pub enum Kind {
     SystemPrompt,
     Param,
     Stop,
+    Alias,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Replace,
         Kind::Regex,
         Kind::Redact,
@@ -113,6 +117,7 @@ impl Kind {
         Kind::SystemPrompt,
         Kind::Param,
         Kind::Stop,
+        Kind::Alias,
     ];
 
     /// The name used in rule files.
@@ -126,6 +131,7 @@ impl Kind {
             Kind::SystemPrompt => "system_prompt",
             Kind::Param => "param",
             Kind::Stop => "stop",
+            Kind::Alias => "alias",
         }
     }
 
@@ -145,6 +151,7 @@ impl Kind {
             Kind::SystemPrompt => &["text", "position"],
             Kind::Param => &["name", "value", "op"],
             Kind::Stop => &["sequences"],
+            Kind::Alias => &["from", "to"],
         }
     }
 }
@@ -272,6 +279,10 @@ pub struct RuleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequences: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
@@ -303,6 +314,8 @@ impl RuleSpec {
             self.value.is_some(),
             self.op.is_some(),
             self.sequences.is_some(),
+            self.from.is_some(),
+            self.to.is_some(),
             self.description.is_some(),
         ];
         ALL_FIELDS
@@ -340,6 +353,7 @@ impl Rule {
             Action::SystemPrompt { .. } => Kind::SystemPrompt,
             Action::Param { .. } => Kind::Param,
             Action::Stop { .. } => Kind::Stop,
+            Action::Alias { .. } => Kind::Alias,
         }
     }
 
@@ -428,6 +442,10 @@ impl Rule {
                 spec.op = Some(op.name().to_string());
             }
             Action::Stop { sequences } => spec.sequences = Some(sequences.clone()),
+            Action::Alias { from, to } => {
+                spec.from = Some(from.clone());
+                spec.to = Some(to.clone());
+            }
         }
         spec
     }
@@ -500,6 +518,8 @@ pub enum Action {
     },
     /// Add stop sequences to the request.
     Stop { sequences: Vec<String> },
+    /// Rewrite the request's model: `from` is a model glob, `to` the name the upstream sees.
+    Alias { from: String, to: String },
 }
 
 /// Where a `system_prompt` rule's text goes.
@@ -534,6 +554,7 @@ pub enum ParamOp {
     Default,
     Max,
     Min,
+    Remove,
 }
 
 impl ParamOp {
@@ -543,13 +564,90 @@ impl ParamOp {
             ParamOp::Default => "default",
             ParamOp::Max => "max",
             ParamOp::Min => "min",
+            ParamOp::Remove => "remove",
         }
     }
 
     pub fn parse(name: &str) -> Option<ParamOp> {
-        [ParamOp::Set, ParamOp::Default, ParamOp::Max, ParamOp::Min]
-            .into_iter()
-            .find(|o| o.name() == name)
+        [
+            ParamOp::Set,
+            ParamOp::Default,
+            ParamOp::Max,
+            ParamOp::Min,
+            ParamOp::Remove,
+        ]
+        .into_iter()
+        .find(|o| o.name() == name)
+    }
+}
+
+/// What a `param` rule's value must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// Any JSON number.
+    Number,
+    /// A whole number.
+    Integer,
+    /// Ollama's `keep_alive`: a duration string (`"5m"`) or a number of seconds.
+    Duration,
+    /// Ollama's `think`: `true`/`false` or a level (`"high"`, `"medium"`, `"low"`).
+    Think,
+}
+
+/// The parameters a `param` rule may name, and their types. Ollama spells them all (in
+/// `options`, or top-level for `keep_alive` and `think`); the OpenAI endpoints have some of
+/// them (see `crate::request`).
+pub const PARAMS: &[(&str, ParamType)] = &[
+    ("temperature", ParamType::Number),
+    ("top_p", ParamType::Number),
+    ("top_k", ParamType::Integer),
+    ("min_p", ParamType::Number),
+    ("typical_p", ParamType::Number),
+    ("seed", ParamType::Integer),
+    ("num_ctx", ParamType::Integer),
+    ("num_predict", ParamType::Integer),
+    ("num_keep", ParamType::Integer),
+    ("repeat_last_n", ParamType::Integer),
+    ("repeat_penalty", ParamType::Number),
+    ("presence_penalty", ParamType::Number),
+    ("frequency_penalty", ParamType::Number),
+    ("mirostat", ParamType::Integer),
+    ("mirostat_tau", ParamType::Number),
+    ("mirostat_eta", ParamType::Number),
+    ("keep_alive", ParamType::Duration),
+    ("think", ParamType::Think),
+];
+
+/// The type of parameter `name`, when a `param` rule may name it.
+pub fn param_type(name: &str) -> Option<ParamType> {
+    PARAMS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+impl ParamType {
+    /// Whether `value` is a value of this type.
+    pub fn admits(self, value: &serde_json::Value) -> bool {
+        match self {
+            ParamType::Number => value.is_number(),
+            ParamType::Integer => value.is_i64() || value.is_u64(),
+            ParamType::Duration => value.is_string() || value.is_number(),
+            ParamType::Think => {
+                value.is_boolean() || matches!(value.as_str(), Some("high" | "medium" | "low"))
+            }
+        }
+    }
+
+    /// Whether `max` and `min` make sense for it.
+    pub fn is_numeric(self) -> bool {
+        matches!(self, ParamType::Number | ParamType::Integer)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ParamType::Number => "a number",
+            ParamType::Integer => "a whole number",
+            ParamType::Duration => "a duration (\"5m\") or a number of seconds",
+            ParamType::Think => "true, false, \"high\", \"medium\" or \"low\"",
+        }
     }
 }
 

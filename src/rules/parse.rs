@@ -319,6 +319,8 @@ pub(super) fn spec_from_table(
             }
             "op" => string(v).map(|s| spec.op = Some(s)),
             "sequences" => strings(v).map(|s| spec.sequences = Some(s)),
+            "from" => string(v).map(|s| spec.from = Some(s)),
+            "to" => string(v).map(|s| spec.to = Some(s)),
             "description" => string(v).map(|s| spec.description = Some(s)),
             unknown => Err(unknown_field_message(unknown)),
         };

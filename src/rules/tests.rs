@@ -356,8 +356,8 @@ models = ["llama3*"]
 [[rule]]
 id = "o"
 kind = "param"
-name = "options"
-value = { num_ctx = 8192, stop = ["a"] }
+name = "keep_alive"
+value = "10m"
 op = "default"
 
 [[rule]]
@@ -417,8 +417,8 @@ description = "stop after the answer"
                 op: ParamOp::Max,
             },
             Action::Param {
-                name: "options".into(),
-                value: serde_json::json!({"num_ctx": 8192, "stop": ["a"]}),
+                name: "keep_alive".into(),
+                value: serde_json::json!("10m"),
                 op: ParamOp::Default,
             },
             Action::Stop {
@@ -511,7 +511,7 @@ kind = "teleport"
     rules/t.toml:30: rule "p": field `action`: unknown action "fix-it"; expected fix or flag
     rules/t.toml:31: rule "p": field `patern`: unknown field (did you mean `pattern`?)
     rules/t.toml:34: rule "re": field `id`: duplicate id; first defined at rules/t.toml:8
-    rules/t.toml:35: rule "re": field `kind`: unknown kind "teleport"; expected one of: replace, regex, redact, block, path, system_prompt, param, stop
+    rules/t.toml:35: rule "re": field `kind`: unknown kind "teleport"; expected one of: replace, regex, redact, block, path, system_prompt, param, stop, alias
     "###);
 }
 
@@ -707,6 +707,7 @@ endpoints = []
         summary,
         [
             "a 5 value",
+            "b 11 name",
             "b 12 value",
             "b 13 op",
             "c 18 sequences",

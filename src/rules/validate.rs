@@ -580,6 +580,22 @@ pub(super) fn build_action(r: &mut Report<'_>, kind: Kind, spec: &RuleSpec) -> O
         }
         Kind::Param => {
             let name = r.required("name", &spec.name, kind, false);
+            let ty = match name.as_deref() {
+                Some(name) => {
+                    let ty = param_type(name);
+                    if ty.is_none() {
+                        r.field(
+                            "name",
+                            format!(
+                                "unknown parameter {name:?}; expected one of {}",
+                                one_of(PARAMS.iter().map(|(n, _)| *n))
+                            ),
+                        );
+                    }
+                    ty
+                }
+                None => None,
+            };
             let op = match spec.op.as_deref() {
                 None => Some(ParamOp::Set),
                 Some(name) => {
@@ -587,18 +603,25 @@ pub(super) fn build_action(r: &mut Report<'_>, kind: Kind, spec: &RuleSpec) -> O
                     if op.is_none() {
                         r.field(
                             "op",
-                            format!("unknown op {name:?}; expected set, default, max or min"),
+                            format!(
+                                "unknown op {name:?}; expected set, default, max, min or remove"
+                            ),
                         );
                     }
                     op
                 }
             };
-            let value = match &spec.value {
-                None => {
+            let value = match (&spec.value, op) {
+                (None, Some(ParamOp::Remove)) => Some(serde_json::Value::Null),
+                (Some(_), Some(ParamOp::Remove)) => {
+                    r.field("value", "op `remove` takes no value");
+                    None
+                }
+                (None, _) => {
                     r.missing("value", kind);
                     None
                 }
-                Some(value) => match toml_to_json(value) {
+                (Some(value), _) => match toml_to_json(value) {
                     Ok(json) => Some(json),
                     Err(message) => {
                         r.field("value", message);
@@ -606,11 +629,22 @@ pub(super) fn build_action(r: &mut Report<'_>, kind: Kind, spec: &RuleSpec) -> O
                     }
                 },
             };
-            if let (Some(op @ (ParamOp::Max | ParamOp::Min)), Some(value)) = (op, &value) {
-                if !value.is_number() {
+            if let (Some(op), Some(value), Some(ty)) = (op, &value, ty) {
+                let name = name.as_deref().unwrap_or_default();
+                if matches!(op, ParamOp::Max | ParamOp::Min) && !ty.is_numeric() {
+                    r.field(
+                        "op",
+                        format!(
+                            "op `{}` needs a numeric parameter; {name} is not",
+                            op.name()
+                        ),
+                    );
+                    return None;
+                }
+                if op != ParamOp::Remove && !ty.admits(value) {
                     r.field(
                         "value",
-                        format!("op `{}` needs a number, not {value}", op.name()),
+                        format!("{name} must be {}, not {value}", ty.describe()),
                     );
                     return None;
                 }
@@ -638,5 +672,19 @@ pub(super) fn build_action(r: &mut Report<'_>, kind: Kind, spec: &RuleSpec) -> O
                 sequences: sequences.clone(),
             }),
         },
+        Kind::Alias => {
+            let from = r.required("from", &spec.from, kind, false);
+            let to = r.required("to", &spec.to, kind, false);
+            if let Some(to) = &to {
+                if to.contains('*') || to.contains('?') {
+                    r.field("to", format!("{to:?} is a glob; `to` names one model"));
+                    return None;
+                }
+            }
+            Some(Action::Alias {
+                from: from?,
+                to: to?,
+            })
+        }
     }
 }

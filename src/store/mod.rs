@@ -634,7 +634,7 @@ fn known_version() -> i64 {
 /// The table a rule of `kind` lives in.
 fn table_for(kind: Option<&str>) -> &'static str {
     match kind.and_then(Kind::parse) {
-        Some(Kind::SystemPrompt | Kind::Param | Kind::Stop) => "behavior_patches",
+        Some(Kind::SystemPrompt | Kind::Param | Kind::Stop | Kind::Alias) => "behavior_patches",
         _ => "correction_patterns",
     }
 }

@@ -63,6 +63,7 @@ pub struct Metrics {
     pub audit_dropped: Counter,
     pub audit_pruned: Counter,
     pub bytes_to_clients: Counter,
+    pub request_patches_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +89,7 @@ impl Metrics {
         let audit_dropped = Counter::default();
         let audit_pruned = Counter::default();
         let bytes_to_clients = Counter::default();
+        let request_patches_skipped = Counter::default();
         registry.register(
             "requests",
             "Requests served, by endpoint and status",
@@ -148,6 +150,11 @@ impl Metrics {
             "Response body bytes sent to clients",
             bytes_to_clients.clone(),
         );
+        registry.register(
+            "request_patches_skipped",
+            "Requests forwarded unpatched because request-side rules could not read their body",
+            request_patches_skipped.clone(),
+        );
         rules_valid.set(1);
         patching_enabled.set(1);
         Metrics {
@@ -164,6 +171,7 @@ impl Metrics {
             audit_dropped,
             audit_pruned,
             bytes_to_clients,
+            request_patches_skipped,
         }
     }
 

@@ -1,0 +1,333 @@
+#![allow(clippy::unwrap_used)]
+use std::path::Path;
+
+use super::*;
+use crate::patch::Pipeline;
+use crate::rules::parse_file;
+
+fn patches(toml: &str) -> RequestPatches {
+    let rules = parse_file(Path::new("rules/t.toml"), toml).unwrap();
+    RequestPatches::new(Pipeline::new(rules).unwrap().table().clone())
+}
+
+/// The patched body as JSON text (key order as written), and the hits' (rule, detected,
+/// corrected).
+fn run(p: &RequestPatches, endpoint: Endpoint, body: &str) -> (String, Vec<(String, String)>) {
+    let model = serde_json::from_str::<Value>(body).unwrap()["model"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    match p.apply(endpoint, &model, body.as_bytes()) {
+        Outcome::Patched(patched) => (
+            patched
+                .body
+                .map(|b| String::from_utf8(b).unwrap())
+                .unwrap_or_else(|| body.to_string()),
+            patched
+                .hits
+                .into_iter()
+                .map(|h| (h.detected, h.corrected))
+                .collect(),
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn system_prompt_goes_where_each_api_keeps_it_and_only_once() {
+    let p = patches("[[rule]]\nid = \"house\"\nkind = \"system_prompt\"\ntext = \"Be brief.\"\n");
+    // Chat without a system message: one is inserted at the front.
+    let (body, hits) = run(
+        &p,
+        Endpoint::Chat,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false}"#,
+    );
+    assert_eq!(
+        body,
+        r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}],"stream":false}"#
+    );
+    assert_eq!(hits.len(), 1);
+    // The same conversation resent (agents resend the history): not added twice.
+    let (again, hits) = run(&p, Endpoint::Chat, &body);
+    assert_eq!(again, body);
+    assert!(hits.is_empty());
+    // An existing system message gets the text in front of it.
+    let (body, _) = run(
+        &p,
+        Endpoint::OpenaiChat,
+        r#"{"model":"m","messages":[{"role":"developer","content":"Use Rust."},{"role":"user","content":"x"}]}"#,
+    );
+    assert!(
+        body.contains(r#"{"role":"developer","content":"Be brief.\n\nUse Rust."}"#),
+        "{body}"
+    );
+    // Generate: the `system` field.
+    let (body, _) = run(&p, Endpoint::Generate, r#"{"model":"m","prompt":"x"}"#);
+    assert_eq!(body, r#"{"model":"m","prompt":"x","system":"Be brief."}"#);
+    // Completions: a prefix of the prompt (prepend only).
+    let (body, _) = run(
+        &p,
+        Endpoint::OpenaiCompletions,
+        r#"{"model":"m","prompt":"fn main"}"#,
+    );
+    assert_eq!(body, r#"{"model":"m","prompt":"Be brief.\n\nfn main"}"#);
+    let append = patches(
+        "[[rule]]\nid = \"a\"\nkind = \"system_prompt\"\ntext = \"T\"\nposition = \"append\"\n",
+    );
+    let original = r#"{"model":"m","prompt":"fn main"}"#;
+    assert_eq!(
+        append.apply(Endpoint::OpenaiCompletions, "m", original.as_bytes()),
+        Outcome::Patched(Patched {
+            body: None,
+            model: "m".into(),
+            hits: vec![]
+        })
+    );
+    let (body, _) = run(
+        &append,
+        Endpoint::Chat,
+        r#"{"model":"m","messages":[{"role":"system","content":"S"}]}"#,
+    );
+    assert!(body.contains(r#""content":"S\n\nT""#), "{body}");
+}
+
+#[test]
+fn params_map_to_each_api_and_ops_behave() {
+    let p = patches(
+        r#"
+[[rule]]
+id = "cap-temp"
+kind = "param"
+name = "temperature"
+op = "max"
+value = 0.4
+
+[[rule]]
+id = "ctx"
+kind = "param"
+name = "num_ctx"
+op = "default"
+value = 8192
+
+[[rule]]
+id = "cap-predict"
+kind = "param"
+name = "num_predict"
+op = "max"
+value = 100
+
+[[rule]]
+id = "no-think"
+kind = "param"
+name = "think"
+value = false
+
+[[rule]]
+id = "drop-seed"
+kind = "param"
+name = "seed"
+op = "remove"
+"#,
+    );
+    let (body, hits) = run(
+        &p,
+        Endpoint::Chat,
+        r#"{"model":"m","options":{"temperature":0.9,"seed":7,"num_predict":-1},"messages":[]}"#,
+    );
+    assert_eq!(
+        body,
+        r#"{"model":"m","options":{"temperature":0.4,"num_predict":100,"num_ctx":8192},"messages":[],"think":false}"#
+    );
+    assert_eq!(
+        hits[0],
+        (
+            "options.temperature=0.9".to_string(),
+            "options.temperature=0.4".to_string()
+        )
+    );
+    assert_eq!(hits.len(), 5);
+    // Below the cap and already set: untouched, not re-serialized.
+    let (body, hits) = run(
+        &p,
+        Endpoint::Generate,
+        r#"{"model":"m", "options":{"temperature":0.1,"num_ctx":2048,"num_predict":5},"think":false}"#,
+    );
+    assert_eq!(
+        body,
+        r#"{"model":"m", "options":{"temperature":0.1,"num_ctx":2048,"num_predict":5},"think":false}"#
+    );
+    assert!(hits.is_empty());
+    // OpenAI: top-level names; num_predict is max_tokens, or max_completion_tokens when used;
+    // num_ctx and think have no OpenAI spelling and are skipped.
+    let (body, _) = run(
+        &p,
+        Endpoint::OpenaiChat,
+        r#"{"model":"m","temperature":1.5,"max_completion_tokens":4000,"seed":1,"messages":[]}"#,
+    );
+    assert_eq!(
+        body,
+        r#"{"model":"m","temperature":0.4,"max_completion_tokens":100,"messages":[]}"#
+    );
+    let (body, _) = run(
+        &p,
+        Endpoint::OpenaiCompletions,
+        r#"{"model":"m","prompt":"x"}"#,
+    );
+    assert_eq!(
+        body,
+        r#"{"model":"m","prompt":"x","temperature":0.4,"max_tokens":100}"#
+    );
+}
+
+#[test]
+fn stops_are_added_once_to_what_the_client_sent() {
+    let p = patches("[[rule]]\nid = \"s\"\nkind = \"stop\"\nsequences = [\"\\n\\n\", \"END\"]\n");
+    let (body, _) = run(
+        &p,
+        Endpoint::Generate,
+        r#"{"model":"m","options":{"stop":["END"]}}"#,
+    );
+    assert_eq!(body, r#"{"model":"m","options":{"stop":["END","\n\n"]}}"#);
+    let (body, _) = run(&p, Endpoint::OpenaiChat, r#"{"model":"m","stop":"%%%"}"#);
+    assert_eq!(body, r#"{"model":"m","stop":["%%%","\n\n","END"]}"#);
+    let (again, hits) = run(&p, Endpoint::OpenaiChat, &body);
+    assert_eq!((again, hits.len()), (body, 0));
+}
+
+#[test]
+fn aliases_come_first_and_other_rules_select_by_the_new_model() {
+    let p = patches(
+        r#"
+[[rule]]
+id = "only-qwen"
+kind = "param"
+name = "temperature"
+value = 0.0
+models = ["qwen*"]
+
+[[rule]]
+id = "gpt-alias"
+kind = "alias"
+from = "gpt-*"
+to = "qwen2.5-coder:7b"
+"#,
+    );
+    let (body, hits) = run(
+        &p,
+        Endpoint::OpenaiChat,
+        r#"{"model":"gpt-4o","messages":[]}"#,
+    );
+    assert_eq!(
+        body,
+        r#"{"model":"qwen2.5-coder:7b","messages":[],"temperature":0.0}"#
+    );
+    assert_eq!(hits[0].0, "model=gpt-4o");
+    match p.apply(Endpoint::OpenaiChat, "gpt-4o", br#"{"model":"gpt-4o"}"#) {
+        Outcome::Patched(patched) => assert_eq!(patched.model, "qwen2.5-coder:7b"),
+        other => panic!("{other:?}"),
+    }
+    // No rule for this model: the body is not even parsed.
+    assert_eq!(
+        p.apply(Endpoint::Chat, "llama3", b"not json at all"),
+        Outcome::NotApplicable
+    );
+}
+
+#[test]
+fn bodies_that_cannot_be_patched_are_skipped_not_broken() {
+    let p = patches("[[rule]]\nid = \"t\"\nkind = \"param\"\nname = \"temperature\"\nop = \"max\"\nvalue = 0.5\n");
+    for body in [
+        "not json",
+        "[1, 2]",
+        r#"{"model":"m","options":"hot"}"#,
+        r#"{"model":"m","options":{"temperature":"very"}}"#,
+    ] {
+        assert!(
+            matches!(
+                p.apply(Endpoint::Generate, "m", body.as_bytes()),
+                Outcome::Skipped { .. }
+            ),
+            "{body}"
+        );
+    }
+    // A skip counts nothing against the rule.
+    assert_eq!(p.table.counters[0].hits.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn shadow_rules_report_and_change_nothing() {
+    let p = patches(
+        "[[rule]]\nid = \"t\"\nkind = \"param\"\nname = \"temperature\"\nvalue = 0.1\nmode = \"shadow\"\n",
+    );
+    match p.apply(Endpoint::Generate, "m", br#"{"model":"m"}"#) {
+        Outcome::Patched(patched) => {
+            assert_eq!(patched.body, None);
+            assert_eq!(patched.hits.len(), 1);
+            assert!(patched.hits[0].shadow);
+        }
+        other => panic!("{other:?}"),
+    }
+    let counters = &p.table.counters[0];
+    assert_eq!(counters.shadowed.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.applied.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn param_rules_are_type_checked_when_loaded() {
+    let bad = |toml: &str| {
+        parse_file(Path::new("t.toml"), toml)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let head = "[[rule]]\nid = \"p\"\nkind = \"param\"\n";
+    assert!(
+        bad(&format!("{head}name = \"temperature\"\nvalue = \"hot\"\n"))
+            .contains("must be a number")
+    );
+    assert!(bad(&format!("{head}name = \"top_k\"\nvalue = 1.5\n")).contains("whole number"));
+    assert!(bad(&format!("{head}name = \"temprature\"\nvalue = 1\n")).contains("unknown parameter"));
+    assert!(bad(&format!(
+        "{head}name = \"think\"\nop = \"max\"\nvalue = 1\n"
+    ))
+    .contains("numeric"));
+    assert!(bad(&format!(
+        "{head}name = \"seed\"\nop = \"remove\"\nvalue = 1\n"
+    ))
+    .contains("takes no value"));
+    assert!(
+        bad("[[rule]]\nid = \"a\"\nkind = \"alias\"\nfrom = \"x\"\nto = \"y*\"\n").contains("glob")
+    );
+    assert!(bad("[[rule]]\nid = \"a\"\nkind = \"alias\"\nto = \"y\"\n").contains("from"));
+}
+
+#[test]
+fn a_shadow_alias_reports_and_rules_select_by_the_clients_model() {
+    let p = patches(
+        r#"
+[[rule]]
+id = "alias"
+kind = "alias"
+from = "gpt-*"
+to = "qwen"
+mode = "shadow"
+
+[[rule]]
+id = "qwen-only"
+kind = "stop"
+sequences = ["x"]
+models = ["qwen"]
+"#,
+    );
+    match p.apply(Endpoint::Chat, "gpt-4o", br#"{"model":"gpt-4o"}"#) {
+        Outcome::Patched(patched) => {
+            assert_eq!(patched.model, "gpt-4o");
+            assert_eq!(patched.body, None);
+            assert_eq!(patched.hits.len(), 1);
+            assert!(patched.hits[0].shadow);
+        }
+        other => panic!("{other:?}"),
+    }
+}
