@@ -151,6 +151,24 @@ models = ["qwen*"]
         received_json(&upstream.last()),
         json!({"model": "qwen2.5-coder:7b", "messages": [], "options": {"num_ctx": 16384}})
     );
+    // On every patched endpoint.
+    for path in ["/api/generate", "/v1/chat/completions", "/v1/completions"] {
+        call(
+            proxy.addr,
+            "POST",
+            path,
+            br#"{"model":"gpt-4o","prompt":"x"}"#,
+        )
+        .await;
+        let got = received_json(&upstream.last());
+        assert_eq!(got["model"], "qwen2.5-coder:7b", "{path}");
+        // num_ctx has no OpenAI spelling: skipped there.
+        let ctx = match path {
+            "/api/generate" => json!(16384),
+            _ => Value::Null,
+        };
+        assert_eq!(got["options"]["num_ctx"], ctx, "{path}");
+    }
     // Another model: nothing applies, the bytes go on as sent (no re-serialization).
     let sent = br#"{ "model" : "llama3", "messages" : [] }"#;
     call(proxy.addr, "POST", "/api/chat", sent).await;
