@@ -350,12 +350,20 @@ struct Role<'a> {
 impl<'a> Doc<'a> {
     fn parse(body: &'a [u8]) -> Result<Doc<'a>, Skip> {
         match serde_json::from_slice::<Fields<'a>>(body) {
-            Ok(Fields(fields)) => Ok(Doc {
-                fields: fields
-                    .into_iter()
-                    .map(|(key, raw)| (key, Slot::Raw(raw)))
-                    .collect(),
-            }),
+            Ok(Fields(fields)) => {
+                // A repeated key is read differently by different parsers (the upstream's
+                // takes the last, a rule would change the first): leave such a body alone.
+                let mut seen = std::collections::HashSet::new();
+                if let Some((key, _)) = fields.iter().find(|(key, _)| !seen.insert(key.clone())) {
+                    return Err(format!("the body repeats the key {key:?}"));
+                }
+                Ok(Doc {
+                    fields: fields
+                        .into_iter()
+                        .map(|(key, raw)| (key, Slot::Raw(raw)))
+                        .collect(),
+                })
+            }
             Err(e) if e.is_data() => Err("the body is not a JSON object".into()),
             Err(e) => Err(format!("the body is not JSON: {e}")),
         }
@@ -544,20 +552,25 @@ fn system_prompt(
             // Only system messages are parsed; the others are skimmed for their role.
             let mut first = None;
             for (i, slot) in messages.iter_mut().enumerate() {
-                let system = match slot {
-                    Slot::Raw(raw) => serde_json::from_str::<Role>(raw.get())
-                        .map(|r| is_system(r.role.as_deref()))
-                        .unwrap_or(false),
-                    Slot::Parsed(value) => is_system(value.get("role").and_then(Value::as_str)),
-                    Slot::List(_) => false,
+                if let Slot::Raw(raw) = slot {
+                    match serde_json::from_str::<Role>(raw.get()) {
+                        Ok(probe) if !is_system(probe.role.as_deref()) => continue,
+                        // A system message, or one the probe cannot read (a repeated key,
+                        // not an object): read it whole, as the upstream will.
+                        _ => {
+                            let value =
+                                serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+                            *slot = Slot::Parsed(value);
+                        }
+                    }
+                }
+                let Slot::Parsed(value) = slot else {
+                    continue;
                 };
-                if !system {
+                if !is_system(value.get("role").and_then(Value::as_str)) {
                     continue;
                 }
-                let taken = std::mem::replace(slot, Slot::Parsed(Value::Null));
-                let value = taken.into_value()?;
                 let content = content_text(value.get("content"))?;
-                *slot = Slot::Parsed(value);
                 if position != Position::Replace && content.contains(text) {
                     return Ok(None);
                 }

@@ -1,0 +1,102 @@
+//! Any bytes as a request body to one of the four patched endpoints, under a rule set with
+//! every request-side kind: `RequestPatches::apply` never panics; a body it rewrites is a JSON
+//! object; and patching is idempotent — the rewritten body, patched again, changes no more
+//! (agents resend what they sent, and a second pass must not stack prompts or stops).
+#![no_main]
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use rawrxd::patch::Pipeline;
+use rawrxd::request::{Outcome, RequestPatches};
+use rawrxd::rules::{parse_file, Endpoint};
+
+const RULES: &str = r#"
+[[rule]]
+id = "alias"
+kind = "alias"
+from = "gpt-*"
+to = "qwen"
+
+[[rule]]
+id = "house"
+kind = "system_prompt"
+text = "Be brief."
+
+[[rule]]
+id = "cap"
+kind = "param"
+name = "temperature"
+op = "max"
+value = 0.5
+
+[[rule]]
+id = "predict"
+kind = "param"
+name = "num_predict"
+op = "min"
+value = 16
+
+[[rule]]
+id = "think"
+kind = "param"
+name = "think"
+value = false
+
+[[rule]]
+id = "seed"
+kind = "param"
+name = "seed"
+op = "remove"
+
+[[rule]]
+id = "stops"
+kind = "stop"
+sequences = ["END", "\n\n"]
+
+[[rule]]
+id = "shadow"
+kind = "param"
+name = "top_k"
+value = 5
+mode = "shadow"
+"#;
+
+fn patches() -> &'static RequestPatches {
+    static PATCHES: OnceLock<RequestPatches> = OnceLock::new();
+    PATCHES.get_or_init(|| {
+        let rules = parse_file(Path::new("fuzz.toml"), RULES).expect("the rules are valid");
+        RequestPatches::new(Pipeline::new(rules).expect("they compile").table().clone())
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let endpoint = [
+        Endpoint::Generate,
+        Endpoint::Chat,
+        Endpoint::OpenaiChat,
+        Endpoint::OpenaiCompletions,
+    ][usize::from(selector % 4)];
+    let model = if selector & 4 == 0 { "gpt-4o" } else { "m" };
+    let Outcome::Patched(first) = patches().apply(endpoint, model, body) else {
+        return;
+    };
+    let Some(rewritten) = first.body else {
+        return;
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&rewritten).expect("a rewritten body is JSON");
+    assert!(value.is_object(), "a rewritten body is an object");
+    match patches().apply(endpoint, &first.model, &rewritten) {
+        Outcome::Patched(second) => assert!(
+            second.body.is_none(),
+            "patching twice changed more: {:?}",
+            second.hits
+        ),
+        other => panic!("the rewritten body could not be patched again: {other:?}"),
+    }
+});
