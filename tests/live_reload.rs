@@ -506,3 +506,44 @@ async fn a_rule_directory_created_after_start_is_picked_up() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
     proxy.shutdown().await;
 }
+
+/// Retention shows in `/rawrxd/stats`: rows over `audit_max_rows` are pruned when the audit
+/// writer starts, and counted as `audit.pruned`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stats_report_the_rows_retention_pruned() {
+    let upstream = Upstream::start(alpha_stream(2, Duration::ZERO)).await;
+    let dir = tempdir("pruned");
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    save(
+        &dir.join("rules/a.toml"),
+        &replace_rule("alpha", "alpha", "beta"),
+    );
+    let mut proxy = TestProxy::app(&upstream.url(), &dir, |_| {}).await;
+    for _ in 0..3 {
+        call(proxy.addr, "POST", "/api/generate", GENERATE).await;
+    }
+    // Two corrections per request.
+    eventually(
+        Duration::from_secs(5),
+        "six corrections written",
+        || async { get_json(&proxy, "/rawrxd/stats").await["audit"]["written"] == 6 },
+    )
+    .await;
+    assert_eq!(
+        get_json(&proxy, "/rawrxd/stats").await["audit"]["pruned"],
+        0
+    );
+    proxy.shutdown().await;
+
+    let mut proxy = TestProxy::app(&upstream.url(), &dir, |raw| {
+        raw.audit_max_rows = 2;
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "four rows pruned at start",
+        || async { get_json(&proxy, "/rawrxd/stats").await["audit"]["pruned"] == 4 },
+    )
+    .await;
+    proxy.shutdown().await;
+}

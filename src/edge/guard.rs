@@ -435,6 +435,25 @@ impl NamePattern {
     }
 }
 
+/// What a request without the admin token is told, on both ports.
+pub const ADMIN_TOKEN_NEEDED: &str =
+    "missing or wrong admin token (send Authorization: Bearer <token>)";
+/// What a request without an API key is told, on both ports.
+pub const API_KEY_NEEDED: &str = "missing or wrong API key (send Authorization: Bearer <key>)";
+/// What a state-changing request that is not JSON is told, on both ports.
+pub const JSON_ONLY: &str = "this endpoint changes state and takes only Content-Type: \
+     application/json (curl: -H 'Content-Type: application/json')";
+
+/// The Ollama API's model management paths (download, create, copy, delete, push, blob
+/// upload): on both ports they need the admin token when one is set, like rawrxd's own
+/// state-changing endpoints.
+pub fn is_model_management(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "/api/pull" | "/api/create" | "/api/copy" | "/api/delete" | "/api/push"
+    ) || path.starts_with("/api/blobs/")
+}
+
 /// True when the request's `Content-Type` is JSON (`application/json`, any parameters).
 pub fn is_json(headers: &HeaderMap) -> bool {
     headers

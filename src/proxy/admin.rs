@@ -400,7 +400,11 @@ fn stats(state: &ProxyState) -> Value {
             "lastReload": time_text(status.last_reload),
         },
         "ruleHits": per_rule,
-        "audit": { "written": audit_written, "dropped": audit_dropped },
+        "audit": {
+            "written": audit_written,
+            "dropped": audit_dropped,
+            "pruned": state.metrics.audit_pruned.get(),
+        },
         "uptimeSecs": state.started.elapsed().as_secs(),
     })
 }

@@ -31,16 +31,13 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     #[error("the proxy is shutting down")]
     ShuttingDown,
-    #[error("missing or wrong admin token (send Authorization: Bearer <token>)")]
+    #[error("{}", crate::edge::guard::ADMIN_TOKEN_NEEDED)]
     Unauthorized,
-    #[error("missing or wrong API key (send Authorization: Bearer <key>)")]
+    #[error("{}", crate::edge::guard::API_KEY_NEEDED)]
     ApiKeyRequired,
     #[error("{0}")]
     Forbidden(String),
-    #[error(
-        "this endpoint changes state and takes only Content-Type: application/json \
-         (curl: -H 'Content-Type: application/json')"
-    )]
+    #[error("{}", crate::edge::guard::JSON_ONLY)]
     UnsupportedMediaType,
     #[error("{0}")]
     Conflict(String),

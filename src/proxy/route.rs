@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::audit::HitSink;
+use crate::edge::guard::is_model_management;
 use crate::edge::wire::{Flavor, Framing};
 use crate::patch::rewrite::{rewrite_json, Format, Rewriter};
 use crate::patch::Compiled;
@@ -83,22 +84,13 @@ pub async fn handle(
     Ok(response)
 }
 
-/// Upstream paths that manage models (download, create, copy, delete, upload files): they
-/// need the admin token when one is set, like rawrxd's own state-changing endpoints.
-fn is_management(path: &str) -> bool {
-    matches!(
-        path.trim_end_matches('/'),
-        "/api/pull" | "/api/create" | "/api/copy" | "/api/delete" | "/api/push"
-    ) || path.starts_with("/api/blobs/")
-}
-
 /// The token checks for a forwarded request: management paths need the admin token (when
 /// set), everything else an API key (when any are set) — except `GET /` and `/api/version`,
 /// which clients use to see whether a server is there.
 fn may_forward<B>(state: &ProxyState, request: &Request<B>) -> Result<(), ProxyError> {
     let keys = &state.config.keys;
     let path = request.uri().path();
-    if is_management(path) {
+    if is_model_management(path) {
         return match keys.admin_ok(request.headers()) {
             true => Ok(()),
             false => Err(ProxyError::Unauthorized),

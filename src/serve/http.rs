@@ -54,10 +54,7 @@ pub enum ServeError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error(
-        "this endpoint changes state and takes only Content-Type: application/json \
-         (curl: -H 'Content-Type: application/json')"
-    )]
+    #[error("{}", crate::edge::guard::JSON_ONLY)]
     UnsupportedMediaType,
     /// A size limit other than the request body's (`serve.max_model_size`).
     #[error("{0}")]
@@ -277,14 +274,6 @@ pub async fn handle(
     Ok(response)
 }
 
-/// Model management: changes the models directory; needs the admin token when one is set.
-fn is_management(path: &str) -> bool {
-    matches!(
-        path.trim_end_matches('/'),
-        "/api/pull" | "/api/create" | "/api/copy" | "/api/delete" | "/api/push"
-    ) || path.starts_with("/api/blobs/")
-}
-
 /// The token and content-type checks: management needs the admin token (when set) and, for
 /// `POST`s with a JSON body, `Content-Type: application/json` (a browser cannot send that
 /// cross-site without a preflight); everything else needs an API key when any are set,
@@ -295,10 +284,10 @@ fn may_serve(
     path: &str,
     headers: &http::HeaderMap,
 ) -> Result<(), ServeError> {
-    if is_management(path) {
+    if crate::edge::guard::is_model_management(path) {
         if !state.keys.admin_ok(headers) {
             return Err(ServeError::Unauthorized(
-                "missing or wrong admin token (send Authorization: Bearer <token>)".into(),
+                crate::edge::guard::ADMIN_TOKEN_NEEDED.into(),
             ));
         }
         // Blob uploads carry the model file itself (application/octet-stream).
@@ -318,7 +307,7 @@ fn may_serve(
         Ok(())
     } else {
         Err(ServeError::Unauthorized(
-            "missing or wrong API key (send Authorization: Bearer <key>)".into(),
+            crate::edge::guard::API_KEY_NEEDED.into(),
         ))
     }
 }
