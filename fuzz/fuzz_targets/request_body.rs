@@ -12,56 +12,7 @@ use rawrxd::patch::Pipeline;
 use rawrxd::request::{Outcome, RequestPatches};
 use rawrxd::rules::{parse_file, Endpoint};
 
-const RULES: &str = r#"
-[[rule]]
-id = "alias"
-kind = "alias"
-from = "gpt-*"
-to = "qwen"
-
-[[rule]]
-id = "house"
-kind = "system_prompt"
-text = "Be brief."
-
-[[rule]]
-id = "cap"
-kind = "param"
-name = "temperature"
-op = "max"
-value = 0.5
-
-[[rule]]
-id = "predict"
-kind = "param"
-name = "num_predict"
-op = "min"
-value = 16
-
-[[rule]]
-id = "think"
-kind = "param"
-name = "think"
-value = false
-
-[[rule]]
-id = "seed"
-kind = "param"
-name = "seed"
-op = "remove"
-
-[[rule]]
-id = "stops"
-kind = "stop"
-sequences = ["END", "\n\n"]
-
-[[rule]]
-id = "shadow"
-kind = "param"
-name = "top_k"
-value = 5
-mode = "shadow"
-"#;
+const RULES: &str = include_str!("../../tests/fixtures/request/all_kinds.toml");
 
 fn patches() -> &'static RequestPatches {
     static PATCHES: OnceLock<RequestPatches> = OnceLock::new();

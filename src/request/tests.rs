@@ -333,3 +333,152 @@ models = ["qwen"]
         other => panic!("{other:?}"),
     }
 }
+
+/// Every request-side kind at once (shared with the fuzz target `request_body`).
+const ALL_KINDS: &str = include_str!("../../tests/fixtures/request/all_kinds.toml");
+
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("Be brief.".to_string()),
+            Just("END".to_string()),
+            "[a-z \\n]{0,12}",
+        ]
+    }
+
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (-5i64..200).prop_map(Value::from),
+            (-1.0f64..3.0).prop_map(Value::from),
+            Just(json!("hot")),
+            Just(Value::Null),
+        ]
+    }
+
+    fn stops() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            text().prop_map(Value::from),
+            prop::collection::vec(text(), 0..3).prop_map(Value::from),
+            Just(json!(7)),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Value> {
+        let role = prop::sample::select(vec!["system", "user", "assistant", "developer", "tool"]);
+        prop_oneof![
+            (role, text()).prop_map(|(role, content)| json!({"role": role, "content": content})),
+            text()
+                .prop_map(|t| json!([{"type": "text", "text": t}]))
+                .prop_map(|content| json!({"role": "system", "content": content})),
+            Just(json!(3)),
+        ]
+    }
+
+    /// A request body: some of the fields rules touch, in any state, plus one they never do.
+    fn body() -> impl Strategy<Value = (Map<String, Value>, String)> {
+        let options = prop::option::of(
+            (
+                prop::option::of(number()),
+                prop::option::of(number()),
+                prop::option::of(number()),
+                prop::option::of(stops()),
+            )
+                .prop_map(|(t, p, s, st)| {
+                    let mut o = Map::new();
+                    for (k, v) in [
+                        ("temperature", t),
+                        ("num_predict", p),
+                        ("seed", s),
+                        ("stop", st),
+                    ] {
+                        if let Some(v) = v {
+                            o.insert(k.into(), v);
+                        }
+                    }
+                    Value::Object(o)
+                }),
+        );
+        (
+            prop::sample::select(vec!["gpt-4o", "m", "qwen"]),
+            prop::option::of(prop::collection::vec(message(), 0..4)),
+            options,
+            prop::option::of(text()),
+            prop::option::of(prop_oneof![
+                text().prop_map(Value::from),
+                prop::collection::vec(text(), 0..3).prop_map(Value::from)
+            ]),
+            prop::option::of(number()),
+            prop::option::of(stops()),
+            "[a-z]{0,8}",
+        )
+            .prop_map(
+                |(model, messages, options, system, prompt, temperature, stop, extra)| {
+                    let mut body = Map::new();
+                    body.insert("model".into(), json!(model));
+                    body.insert("extra".into(), json!({"keep": extra.clone()}));
+                    if let Some(m) = messages {
+                        body.insert("messages".into(), Value::from(m));
+                    }
+                    if let Some(o) = options {
+                        body.insert("options".into(), o);
+                    }
+                    if let Some(s) = system {
+                        body.insert("system".into(), json!(s));
+                    }
+                    if let Some(p) = prompt {
+                        body.insert("prompt".into(), p);
+                    }
+                    if let Some(t) = temperature {
+                        body.insert("temperature".into(), t);
+                    }
+                    if let Some(s) = stop {
+                        body.insert("stop".into(), s);
+                    }
+                    (body, extra)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+        /// A rewritten body is a JSON object that keeps every field no rule writes, in the
+        /// client's order, and patching it again changes nothing more.
+        #[test]
+        fn patching_keeps_other_fields_and_is_idempotent(
+            (body, extra) in body(),
+            endpoint in prop::sample::select(vec![
+                Endpoint::Generate, Endpoint::Chat, Endpoint::OpenaiChat, Endpoint::OpenaiCompletions,
+            ]),
+            pretty in any::<bool>(),
+        ) {
+            let p = patches(ALL_KINDS);
+            let model = body["model"].as_str().unwrap().to_string();
+            let bytes = match pretty {
+                true => serde_json::to_vec_pretty(&body).unwrap(),
+                false => serde_json::to_vec(&body).unwrap(),
+            };
+            let Outcome::Patched(first) = p.apply(endpoint, &model, &bytes) else {
+                return Ok(());
+            };
+            let Some(rewritten) = first.body else {
+                return Ok(());
+            };
+            let value: Value = serde_json::from_slice(&rewritten).unwrap();
+            let object = value.as_object().unwrap();
+            prop_assert_eq!(&object["extra"], &json!({"keep": extra}));
+            let kept: Vec<&String> = object.keys().filter(|k| body.contains_key(*k)).collect();
+            let original: Vec<&String> = body.keys().filter(|k| object.contains_key(*k)).collect();
+            prop_assert_eq!(kept, original, "client's keys keep their order");
+            match p.apply(endpoint, &first.model, &rewritten) {
+                Outcome::Patched(second) => prop_assert!(second.body.is_none(), "{:?}", second.hits),
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+}
