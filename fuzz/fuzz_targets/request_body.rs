@@ -1,6 +1,6 @@
 //! Any bytes as a request body to one of the four patched endpoints, under a rule set with
 //! every request-side kind: `RequestPatches::apply` never panics; a body it rewrites is a JSON
-//! object; and patching is idempotent — the rewritten body, patched again, changes no more
+//! object (when the original was one serde_json reads); and patching is idempotent — the rewritten body, patched again, changes no more
 //! (agents resend what they sent, and a second pass must not stack prompts or stops).
 #![no_main]
 
@@ -39,9 +39,13 @@ fuzz_target!(|data: &[u8]| {
     let Some(rewritten) = first.body else {
         return;
     };
-    let value: serde_json::Value =
-        serde_json::from_slice(&rewritten).expect("a rewritten body is JSON");
-    assert!(value.is_object(), "a rewritten body is an object");
+    // Fields no rule reads are copied as the client wrote them, so a body serde_json itself
+    // refuses (a number out of f64 range in such a field) stays exactly as refusable.
+    if serde_json::from_slice::<serde_json::Value>(body).is_ok() {
+        let value: serde_json::Value =
+            serde_json::from_slice(&rewritten).expect("a rewritten body is JSON");
+        assert!(value.is_object(), "a rewritten body is an object");
+    }
     match patches().apply(endpoint, &first.model, &rewritten) {
         Outcome::Patched(second) => assert!(
             second.body.is_none(),

@@ -482,3 +482,42 @@ mod properties {
         }
     }
 }
+
+/// Found by the fuzz target: a field no rule reads is copied as written, even a number
+/// serde_json would refuse to read (out of f64 range); a rule that must read it skips.
+#[test]
+fn fields_no_rule_reads_are_copied_as_written() {
+    let p = patches("[[rule]]\nid = \"t\"\nkind = \"param\"\nname = \"temperature\"\nop = \"max\"\nvalue = 0.5\n");
+    let (body, hits) = run_raw(
+        &p,
+        Endpoint::Generate,
+        r#"{"model":"m","x":8e800000086,"options":{"temperature":0.9}}"#,
+    );
+    assert_eq!(
+        body,
+        r#"{"model":"m","x":8e800000086,"options":{"temperature":0.5}}"#
+    );
+    assert_eq!(hits, 1);
+    assert!(matches!(
+        p.apply(
+            Endpoint::Generate,
+            "m",
+            br#"{"model":"m","options":{"temperature":8e800000086}}"#
+        ),
+        Outcome::Skipped { .. }
+    ));
+}
+
+/// `apply` on a body that serde_json may not read as a whole: (body sent on, hit count).
+fn run_raw(p: &RequestPatches, endpoint: Endpoint, body: &str) -> (String, usize) {
+    match p.apply(endpoint, "m", body.as_bytes()) {
+        Outcome::Patched(patched) => (
+            patched
+                .body
+                .map(|b| String::from_utf8(b).unwrap())
+                .unwrap_or_else(|| body.to_string()),
+            patched.hits.len(),
+        ),
+        other => panic!("{other:?}"),
+    }
+}
