@@ -2493,8 +2493,11 @@ fn short(model: &str) -> Value {
 /// Starts a long streamed generation on `model` and returns once tokens flow; the request
 /// holds its engine (and its admission place) until the reader is dropped.
 fn hold(addr: SocketAddr, model: &str) -> BufReader<TcpStream> {
+    // Greedy: this prompt runs the full 3,000 tokens without an end-of-sequence (checked on
+    // the Gemma file); sampled at a high temperature it sometimes ended within a few tokens,
+    // so the "busy" request that follows found the model idle (a flaky 200 instead of 503).
     let long = json!({"model": model, "prompt": "Count to a million:",
-                      "options": {"num_predict": 3000, "temperature": 1.5}});
+                      "options": {"num_predict": 3000, "temperature": 0}});
     let stream = send_raw(
         addr,
         "POST",
