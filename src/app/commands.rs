@@ -102,11 +102,7 @@ pub fn list(dir: &Path) -> Report {
 
 /// `rawrxd rules test`: `input` is a text, or the path of a file holding one.
 pub fn test(input: &str, dir: &Path, model: &str, endpoint: &str) -> Report {
-    let endpoint = Endpoint::parse(endpoint).ok_or_else(|| {
-        format!(
-            "unknown endpoint {endpoint:?}; use generate, chat, openai_chat or openai_completions"
-        )
-    })?;
+    let endpoint = self::endpoint(endpoint)?;
     let text = match Path::new(input).is_file() {
         true => std::fs::read_to_string(input).map_err(|e| format!("cannot read {input}: {e}"))?,
         false => input.to_string(),
@@ -123,20 +119,34 @@ pub fn test(input: &str, dir: &Path, model: &str, endpoint: &str) -> Report {
     let mut out = patched.text.clone();
     let _ = write!(out, "\n--\n{} correction(s)", patched.hits.len());
     for hit in &patched.hits {
-        let _ = write!(
-            out,
-            "\n{} ({}{}): {:?} -> {:?}",
-            hit.rule_id,
-            hit.kind.name(),
-            if hit.shadow { ", shadow" } else { "" },
-            hit.detected,
-            hit.corrected
+        write_hit(
+            &mut out,
+            hit,
+            &format!("{:?} -> {:?}", hit.detected, hit.corrected),
         );
     }
     if let Some(message) = &patched.blocked {
         let _ = write!(out, "\nblocked: the response would end with {message:?}");
     }
     Ok(out)
+}
+
+/// One line of a `rules test` report: the rule, its kind (and shadow mode), what it did.
+fn write_hit(out: &mut String, hit: &crate::patch::Hit, change: &str) {
+    let shadow = if hit.shadow { ", shadow" } else { "" };
+    let _ = write!(
+        out,
+        "\n{} ({}{shadow}): {change}",
+        hit.rule_id,
+        hit.kind.name()
+    );
+}
+
+/// An endpoint named on the command line.
+fn endpoint(name: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(name).ok_or_else(|| {
+        format!("unknown endpoint {name:?}; use generate, chat, openai_chat or openai_completions")
+    })
 }
 
 /// `rawrxd rules test --request FILE`: the request-side rules on a request body, as the proxy
@@ -151,11 +161,7 @@ pub fn test_request(
     let body = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let endpoint = match endpoint {
-        Some(name) => Endpoint::parse(name).ok_or_else(|| {
-            format!(
-                "unknown endpoint {name:?}; use generate, chat, openai_chat or openai_completions"
-            )
-        })?,
+        Some(name) => self::endpoint(name)?,
         None if json.as_ref().is_some_and(|j| j.get("messages").is_some()) => Endpoint::Chat,
         None => Endpoint::Generate,
     };
@@ -192,14 +198,10 @@ pub fn test_request(
                 patched.model
             );
             for hit in &patched.hits {
-                let _ = write!(
-                    out,
-                    "\n{} ({}{}): {} -> {}",
-                    hit.rule_id,
-                    hit.kind.name(),
-                    if hit.shadow { ", shadow" } else { "" },
-                    hit.detected,
-                    hit.corrected
+                write_hit(
+                    &mut out,
+                    hit,
+                    &format!("{} -> {}", hit.detected, hit.corrected),
                 );
             }
             Ok(out)
