@@ -125,6 +125,7 @@ fn audit_throughput(events: usize) -> bool {
         detected: format!("confidential {i}"),
         corrected: "[redacted]".into(),
         shadow: false,
+        path: None,
     };
     let started = Instant::now();
     let mut record_time = Duration::ZERO;

@@ -17,7 +17,7 @@ LAYERS = [
     ["live"],
     ["audit", "request"],
     ["patch"],
-    ["store"],
+    ["store", "paths"],
     ["rules", "gguf", "config"],
     ["edge", "telemetry"],
 ]

@@ -14,6 +14,7 @@
 //! * [`audit`] — where hits go: the bounded channel, the writer thread, the log formats;
 //! * [`request`] — request-side behavior patches: aliases, system prompts, parameters, stops;
 //! * [`patch`] — the response-side text pipeline and the re-framer that feeds it;
+//! * [`paths`] — the path fixer behind `path` rules: workspace indexes, lookups, tool calls;
 //! * [`store`] — SQLite: migrations, rule rows, switches, the corrections table;
 //! * [`rules`] — the rule model, TOML parsing with locations, validation, detectors, globs;
 //! * [`gguf`] — the GGUF header reader and gate;
@@ -28,6 +29,7 @@ pub mod edge;
 pub mod gguf;
 pub mod live;
 pub mod patch;
+pub mod paths;
 pub mod proxy;
 pub mod request;
 pub mod rules;

@@ -75,6 +75,10 @@ pub struct AuditEvent {
     pub corrected: String,
     pub model: Arc<str>,
     pub endpoint: &'static str,
+    /// Path rules: the class of the fix or why it is only flagged.
+    pub reasoning: Option<String>,
+    /// A path rule only flagged it (`fabricated_path`; text unchanged).
+    pub flagged: bool,
 }
 
 /// Where the writer puts things and when it rotates.
@@ -213,19 +217,34 @@ impl HitSink {
                 corrected = %hit.corrected,
             );
             if let Some(audit) = &self.audit {
+                let (confidence, reasoning, flagged) = match hit.path {
+                    Some(note) => (note.confidence, Some(note.reasoning), note.flagged),
+                    None => (1.0, None, false),
+                };
                 audit.record(AuditEvent {
                     at: SystemTime::now(),
                     rule_id: hit.rule_id,
                     kind: hit.kind,
                     shadow: hit.shadow,
-                    confidence: 1.0,
+                    confidence,
                     detected,
                     corrected: hit.corrected,
                     model: self.model.clone(),
                     endpoint: self.endpoint.name(),
+                    reasoning,
+                    flagged,
                 });
             }
         }
+    }
+}
+
+/// The log line's `Type` for an event: its kind's, or `fabricated_path` for a flagged path.
+pub fn event_label(event: &AuditEvent) -> &'static str {
+    if event.flagged {
+        "fabricated_path"
+    } else {
+        type_label(event.kind)
     }
 }
 
@@ -266,7 +285,7 @@ fn bare(text: &str) -> String {
 pub fn correction_line(event: &AuditEvent, ts: &str) -> String {
     format_line(
         ts,
-        type_label(event.kind),
+        event_label(event),
         &event.rule_id,
         event.confidence,
         &event.detected,
@@ -595,8 +614,9 @@ impl Writer {
         for event in batch {
             let ts = humantime::format_rfc3339_seconds(event.at).to_string();
             corrections.push_str(&correction_line(event, &ts));
-            if event.kind == Kind::Path && !event.shadow {
-                navigation.push_str(&navigation_line(event, &ts, "path_index"));
+            if event.kind == Kind::Path && !event.shadow && !event.flagged {
+                let reasoning = event.reasoning.as_deref().unwrap_or("path_index");
+                navigation.push_str(&navigation_line(event, &ts, reasoning));
             }
             rows.push(Correction {
                 ts_ms: event
@@ -605,7 +625,7 @@ impl Writer {
                     .unwrap_or(Duration::ZERO)
                     .as_millis() as i64,
                 ts,
-                kind_label: type_label(event.kind).into(),
+                kind_label: event_label(event).into(),
                 rule_id: event.rule_id.clone(),
                 kind: event.kind.name().into(),
                 mode: if event.shadow { "shadow" } else { "enforce" }.into(),

@@ -11,6 +11,8 @@ fn event(kind: Kind, detected: &str, corrected: &str) -> AuditEvent {
         corrected: corrected.into(),
         model: Arc::from("m"),
         endpoint: "chat",
+        reasoning: None,
+        flagged: false,
     }
 }
 

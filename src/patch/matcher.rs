@@ -25,6 +25,8 @@ use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::util::start;
 use regex_automata::{meta, Anchored, Input};
 
+use super::PathNote;
+
 /// A match: `text[start..end]` is to be rewritten by the rule with index `rule` (an index into
 /// the pipeline's rule table); `pattern` is the matcher's own index of what matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,25 @@ pub trait Matcher: Send + Sync {
     /// The leftmost match starting at or after `from`; `text[..from]` is context for
     /// look-behind assertions only.
     fn find(&self, text: &str, from: usize) -> Option<Found>;
+
+    /// As [`Matcher::find`], knowing whether `text` is complete (`eof`). A matcher whose
+    /// decision needs the end of a candidate (a path token) skips an unfinished one unless
+    /// `eof`; the stream holds it through [`Matcher::live_at`].
+    fn find_in(&self, text: &str, from: usize, _eof: bool) -> Option<Found> {
+        self.find(text, from)
+    }
+
+    /// Bytes of already released text a match decision may read before the match (beyond
+    /// the one char every matcher gets).
+    fn context(&self) -> usize {
+        0
+    }
+
+    /// What the audit says about a match besides its text (path rules: confidence, reasoning,
+    /// and whether it is only flagged).
+    fn explain(&self, _text: &str, _found: &Found) -> Option<PathNote> {
+        None
+    }
 
     /// Could appending text create or change a match starting at `at`?
     fn live_at(&self, scratch: &mut Scratch, text: &str, at: usize) -> bool;

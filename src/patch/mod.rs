@@ -26,6 +26,7 @@
 //! May use: `rules`. Used by `audit`, `live`, `proxy`, `app`.
 
 pub mod matcher;
+mod path;
 pub mod rewrite;
 pub mod stream;
 
@@ -33,8 +34,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::paths::tools::fix_arguments;
+use crate::paths::{PathFixer, Scope, Verdict};
 use crate::rules::{Action, Endpoint, Kind, Mode, Rule, RuleError};
 use matcher::{CompileError, Literal, LiteralMatcher, Matcher, RegexMatcher, Rewrite};
+use path::PathMatcher;
 use stream::{Decided, Effect, StageStream};
 
 /// Per-rule counters, shared by every request using the pipeline.
@@ -98,10 +102,35 @@ pub struct Hit {
     pub detected: String,
     pub corrected: String,
     pub shadow: bool,
+    /// Path rules: how sure the fix is, which class of mistake, and whether it is only
+    /// flagged (`fabricated_path`: text unchanged).
+    pub path: Option<PathNote>,
+}
+
+/// What a path rule says about one reference, beyond its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathNote {
+    pub confidence: f64,
+    /// The class of the fix (`case`, `typo`, …) or why it is flagged (with the nearest
+    /// candidates).
+    pub reasoning: String,
+    pub flagged: bool,
+}
+
+/// What a request brings that rules may use: the workspace (`x-rawrxd-workspace`).
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub workspace: Option<String>,
+}
+
+enum StageMatcher {
+    Shared(Arc<dyn Matcher>),
+    /// A path rule: its matcher is made per request, for the request's workspace.
+    Path(Arc<PathFixer>, usize),
 }
 
 struct Stage {
-    matcher: Arc<dyn Matcher>,
+    matcher: StageMatcher,
     effect: Effect,
     shadow: bool,
 }
@@ -115,6 +144,8 @@ pub struct Compiled {
 /// Every response-side rule, compiled.
 pub struct Pipeline {
     table: Arc<RuleTable>,
+    /// Per rule index: its path fixer (indexed roots), for `path` rules.
+    fixers: Vec<Option<Arc<PathFixer>>>,
     /// Per rule index: its regex matcher, for `regex`, `redact` and pattern `block` rules.
     regexes: Vec<Option<Arc<RegexMatcher>>>,
     cache: Mutex<HashMap<Vec<bool>, Arc<Compiled>>>,
@@ -137,7 +168,7 @@ pub const MAX_COMPILED_SETS: usize = 64;
 fn is_response_side(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Replace | Kind::Regex | Kind::Redact | Kind::Block
+        Kind::Replace | Kind::Regex | Kind::Redact | Kind::Block | Kind::Path
     )
 }
 
@@ -146,6 +177,7 @@ impl Pipeline {
     pub fn empty() -> Self {
         Pipeline {
             table: Arc::new(RuleTable::default()),
+            fixers: Vec::new(),
             regexes: Vec::new(),
             cache: Mutex::new(HashMap::new()),
             by_request: Mutex::new(HashMap::new()),
@@ -164,6 +196,30 @@ impl Pipeline {
     ) -> Result<Self, Vec<RuleError>> {
         let mut errors = Vec::new();
         let mut regexes = Vec::with_capacity(rules.len());
+        let mut fixers = Vec::with_capacity(rules.len());
+        for rule in &rules {
+            let fixer = match &rule.action {
+                Action::Path {
+                    roots,
+                    min_confidence,
+                    fix,
+                } if rule.enabled => match PathFixer::open(roots, *min_confidence, *fix) {
+                    Ok(fixer) => Some(Arc::new(fixer)),
+                    Err(message) => {
+                        errors.push(RuleError {
+                            file: rule.source.clone(),
+                            line: None,
+                            rule_id: Some(rule.id.clone()),
+                            field: Some("roots".into()),
+                            message,
+                        });
+                        None
+                    }
+                },
+                _ => None,
+            };
+            fixers.push(fixer);
+        }
         for (index, rule) in rules.iter().enumerate() {
             let built = match &rule.action {
                 Action::Regex {
@@ -226,6 +282,7 @@ impl Pipeline {
         let counters = rules.iter().map(|rule| registry.get(&rule.id)).collect();
         let pipeline = Pipeline {
             table: Arc::new(RuleTable { rules, counters }),
+            fixers,
             regexes,
             cache: Mutex::new(HashMap::new()),
             by_request: Mutex::new(HashMap::new()),
@@ -321,7 +378,7 @@ impl Pipeline {
                 if on(i) && rule.kind() == kind {
                     if let Some(matcher) = &self.regexes[i] {
                         stages.push(Stage {
-                            matcher: matcher.clone(),
+                            matcher: StageMatcher::Shared(matcher.clone()),
                             effect,
                             shadow: shadow(i),
                         });
@@ -370,7 +427,10 @@ impl Pipeline {
             }
             for ((case_insensitive, shadow), literals) in groups {
                 stages.push(Stage {
-                    matcher: Arc::new(LiteralMatcher::new(&literals, case_insensitive)?),
+                    matcher: StageMatcher::Shared(Arc::new(LiteralMatcher::new(
+                        &literals,
+                        case_insensitive,
+                    )?)),
                     effect,
                     shadow,
                 });
@@ -380,6 +440,15 @@ impl Pipeline {
             }
         }
         regex_stages(Kind::Regex, Effect::Rewrite, &mut stages);
+        for (i, fixer) in self.fixers.iter().enumerate() {
+            if let (true, Some(fixer)) = (on(i), fixer) {
+                stages.push(Stage {
+                    matcher: StageMatcher::Path(fixer.clone(), i),
+                    effect: Effect::Rewrite,
+                    shadow: shadow(i),
+                });
+            }
+        }
         Ok(Compiled {
             table: self.table.clone(),
             stages,
@@ -388,13 +457,27 @@ impl Pipeline {
 }
 
 impl Compiled {
-    /// A fresh streaming session (one per text field of a response).
+    /// A fresh streaming session (one per text field of a response), without request context.
     pub fn session(self: &Arc<Self>) -> Session {
+        self.session_in(&Context::default())
+    }
+
+    /// A fresh streaming session for a request with `context`.
+    pub fn session_in(self: &Arc<Self>, context: &Context) -> Session {
         Session {
             stages: self
                 .stages
                 .iter()
-                .map(|s| StageStream::new(s.matcher.clone(), s.effect, s.shadow))
+                .map(|s| {
+                    let matcher: Arc<dyn Matcher> = match &s.matcher {
+                        StageMatcher::Shared(m) => m.clone(),
+                        StageMatcher::Path(fixer, rule) => {
+                            let (scope, _) = fixer.scope(context.workspace.as_deref());
+                            Arc::new(PathMatcher::new(scope, *rule))
+                        }
+                    };
+                    StageStream::new(matcher, s.effect, s.shadow)
+                })
                 .collect(),
             compiled: self.clone(),
             hits: Vec::new(),
@@ -406,9 +489,47 @@ impl Compiled {
         }
     }
 
+    /// Whether every path rule honours `workspace` (it is one of its roots or inside one).
+    pub fn honours_workspace(&self, workspace: &str) -> bool {
+        self.stages.iter().all(|s| match &s.matcher {
+            StageMatcher::Path(fixer, _) => fixer.scope(Some(workspace)).1,
+            StageMatcher::Shared(_) => true,
+        })
+    }
+
+    /// Whether a path rule is among the stages (tool calls need looking at).
+    pub fn has_path_rules(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|s| matches!(s.matcher, StageMatcher::Path(..)))
+    }
+
+    /// The path rules, scoped to a request, for tool-call arguments.
+    pub fn tool_fixer(self: &Arc<Self>, context: &Context) -> ToolFixer {
+        let scopes = self
+            .stages
+            .iter()
+            .filter_map(|s| match &s.matcher {
+                StageMatcher::Path(fixer, rule) => {
+                    Some((fixer.scope(context.workspace.as_deref()).0, *rule, s.shadow))
+                }
+                StageMatcher::Shared(_) => None,
+            })
+            .collect();
+        ToolFixer {
+            compiled: self.clone(),
+            scopes,
+        }
+    }
+
     /// Applies the rules to a whole text at once.
     pub fn apply(self: &Arc<Self>, text: &str) -> Patched {
-        let mut session = self.session();
+        self.apply_in(text, &Context::default())
+    }
+
+    /// Applies the rules to a whole text at once, for a request with `context`.
+    pub fn apply_in(self: &Arc<Self>, text: &str, context: &Context) -> Patched {
+        let mut session = self.session_in(context);
         let mut out = session.push(text);
         out.push_str(&session.finish());
         Patched {
@@ -527,13 +648,7 @@ impl Session {
         let shadow = self.compiled.stages[stage].shadow;
         for d in decided.drain(..) {
             let table = &self.compiled.table;
-            let counters = &table.counters[d.rule];
-            counters.hits.fetch_add(1, Ordering::Relaxed);
-            if shadow {
-                counters.shadowed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                counters.applied.fetch_add(1, Ordering::Relaxed);
-            }
+            count(&table.counters[d.rule], shadow, d.path.as_ref());
             let rule = &table.rules[d.rule];
             self.hits.push(Hit {
                 rule_id: rule.id.clone(),
@@ -541,8 +656,80 @@ impl Session {
                 detected: d.detected,
                 corrected: d.corrected,
                 shadow,
+                path: d.path,
             });
         }
+    }
+}
+
+/// Counts one decided match: a shadowed one, an applied one, or (a flagged path) neither.
+fn count(counters: &RuleCounters, shadow: bool, path: Option<&PathNote>) {
+    counters.hits.fetch_add(1, Ordering::Relaxed);
+    if shadow {
+        counters.shadowed.fetch_add(1, Ordering::Relaxed);
+    } else if !path.is_some_and(|p| p.flagged) {
+        counters.applied.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The path rules of one request, for tool-call arguments.
+pub struct ToolFixer {
+    compiled: Arc<Compiled>,
+    /// (scope, rule index, shadow) per path rule, in stage order.
+    scopes: Vec<(Scope, usize, bool)>,
+}
+
+impl ToolFixer {
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty()
+    }
+
+    /// Fixes the paths in one tool call's arguments in place; returns the corrections.
+    pub fn fix(
+        &self,
+        tool: &str,
+        arguments: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        for (scope, rule, shadow) in &self.scopes {
+            let table = &self.compiled.table;
+            let rule_def = &table.rules[*rule];
+            for finding in fix_arguments(scope, tool, arguments, !shadow) {
+                let (corrected, note) = match finding.verdict {
+                    Verdict::Fix {
+                        text,
+                        confidence,
+                        class,
+                    } => (
+                        text,
+                        PathNote {
+                            confidence,
+                            reasoning: class.to_string(),
+                            flagged: false,
+                        },
+                    ),
+                    Verdict::Flag { confidence, reason } => (
+                        finding.detected.clone(),
+                        PathNote {
+                            confidence,
+                            reasoning: reason,
+                            flagged: true,
+                        },
+                    ),
+                    Verdict::Keep => continue,
+                };
+                count(&table.counters[*rule], *shadow, Some(&note));
+                hits.push(Hit {
+                    rule_id: rule_def.id.clone(),
+                    kind: Kind::Path,
+                    detected: finding.detected,
+                    corrected,
+                    shadow: *shadow,
+                    path: Some(note),
+                });
+            }
+        }
+        hits
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::patch::{Compiled, Hit, Session};
+use crate::patch::{Compiled, Context, Hit, Session, ToolFixer};
 use crate::rules::Endpoint;
 
 /// How the response body is framed.
@@ -52,11 +52,33 @@ pub struct Rewriter {
     /// the raw bytes of an NDJSON line that passed unchanged).
     last_chunk: Option<Map<String, Value>>,
     last_line: Vec<u8>,
+    context: Context,
+    /// Path rules for tool-call arguments (`None` without path rules).
+    tools: Option<ToolFixer>,
+    /// Streamed OpenAI tool calls being assembled: (choice, call index) → (name, arguments so
+    /// far). Their fragments are held and released whole, fixed, before the choice ends.
+    pending_calls: Vec<((u64, u64), String, String)>,
 }
 
 impl Rewriter {
     pub fn new(compiled: Arc<Compiled>, endpoint: Endpoint, format: Format) -> Self {
+        Self::in_context(compiled, endpoint, format, Context::default())
+    }
+
+    /// A rewriter for a request with `context` (its workspace, for path rules).
+    pub fn in_context(
+        compiled: Arc<Compiled>,
+        endpoint: Endpoint,
+        format: Format,
+        context: Context,
+    ) -> Self {
+        let tools = compiled
+            .has_path_rules()
+            .then(|| compiled.tool_fixer(&context));
         Rewriter {
+            context,
+            tools,
+            pending_calls: Vec::new(),
             compiled,
             endpoint,
             format,
@@ -192,9 +214,90 @@ impl Rewriter {
 
     fn session(&mut self, key: FieldKey) -> &mut Session {
         let compiled = &self.compiled;
+        let context = &self.context;
         self.sessions
             .entry(key)
-            .or_insert_with(|| compiled.session())
+            .or_insert_with(|| compiled.session_in(context))
+    }
+
+    /// Fixes the paths in a `tool_calls` array (Ollama: arguments an object; OpenAI: a JSON
+    /// string). Returns true when an argument changed.
+    fn fix_tool_calls(&mut self, calls: Option<&mut Value>) -> bool {
+        let Some(tools) = &self.tools else {
+            return false;
+        };
+        fix_calls(tools, calls, &mut self.hits)
+    }
+
+    /// Takes the argument fragments out of a streamed choice's `delta.tool_calls` (keeping
+    /// ids and names); they are released whole by [`Rewriter::release_calls`]. Returns true
+    /// when the choice changed.
+    fn hold_call_fragments(&mut self, index: u64, choice: &mut Value) -> bool {
+        if self.tools.is_none() {
+            return false;
+        }
+        let Some(Value::Array(calls)) = choice.pointer_mut("/delta/tool_calls") else {
+            return false;
+        };
+        let mut changed = false;
+        for (position, call) in calls.iter_mut().enumerate() {
+            let call_index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
+            let name = call
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let Some(Value::String(fragment)) = call.pointer_mut("/function/arguments") else {
+                continue;
+            };
+            let fragment = std::mem::take(fragment);
+            changed = true;
+            let key = (index, call_index);
+            match self.pending_calls.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, held_name, held)) => {
+                    if let Some(name) = name {
+                        *held_name = name;
+                    }
+                    held.push_str(&fragment);
+                }
+                None => self
+                    .pending_calls
+                    .push((key, name.unwrap_or_default(), fragment)),
+            }
+        }
+        changed
+    }
+
+    /// Emits the held tool-call arguments of `choice` (every choice when `None`), fixed, as
+    /// one chunk per call.
+    fn release_calls(&mut self, choice: Option<u64>, out: &mut Vec<u8>) {
+        let mut released = Vec::new();
+        self.pending_calls.retain(|entry| {
+            let take = choice.map_or(true, |c| entry.0 .0 == c);
+            if take {
+                released.push(entry.clone());
+            }
+            !take
+        });
+        for ((index, call_index), name, arguments) in released {
+            let mut value = Value::String(arguments);
+            if let Some(tools) = &self.tools {
+                let (hits, _) = fix_arguments_value(tools, &name, &mut value);
+                self.hits.extend(hits);
+            }
+            let mut chunk = self.template();
+            let delta = serde_json::json!({
+                "tool_calls": [{"index": call_index, "function": {"arguments": value}}]
+            });
+            let choice = serde_json::json!({
+                "index": index, "delta": delta, "finish_reason": Value::Null
+            });
+            chunk.insert("choices".into(), Value::Array(vec![choice]));
+            chunk.remove("usage");
+            write_event(&chunk, out);
+        }
     }
 
     /// Runs one field's text through its session; `last` flushes it. Returns the new text and
@@ -236,6 +339,11 @@ impl Rewriter {
             return;
         }
         let done = peek.done == Some(true);
+        let has_calls = self.tools.is_some()
+            && peek
+                .message
+                .as_ref()
+                .is_some_and(|m| m.tool_calls.is_some());
         let texts = peek.texts(self.endpoint);
         let mut edits: Vec<(&'static str, String)> = Vec::new();
         let mut blocked = None;
@@ -268,7 +376,7 @@ impl Rewriter {
         if done {
             self.finished = true;
         }
-        if edits.is_empty() {
+        if edits.is_empty() && !has_calls {
             out.extend_from_slice(line);
             self.last_line = body.to_vec();
             return;
@@ -278,8 +386,21 @@ impl Rewriter {
             out.extend_from_slice(line);
             return;
         };
+        let mut changed = !edits.is_empty();
         for (field, new) in edits {
             set_ndjson_text(&mut chunk, self.endpoint, field, new);
+        }
+        if has_calls {
+            changed |= self.fix_tool_calls(
+                chunk
+                    .get_mut("message")
+                    .and_then(|m| m.get_mut("tool_calls")),
+            );
+        }
+        if !changed {
+            out.extend_from_slice(line);
+            self.last_line = body.to_vec();
+            return;
         }
         if blocked.is_some() {
             chunk.insert("done".into(), Value::Bool(true));
@@ -307,6 +428,7 @@ impl Rewriter {
         let payload = data.join("\n");
         if payload.trim() == "[DONE]" {
             self.flush_open_sessions(out);
+            self.release_calls(None, out);
             out.extend_from_slice(event);
             self.finished = true;
             return;
@@ -329,6 +451,13 @@ impl Rewriter {
                     .and_then(Value::as_u64)
                     .unwrap_or(position as u64);
                 let last = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+                if self.hold_call_fragments(index, &mut new_choices[position]) {
+                    changed = true;
+                }
+                if last {
+                    // Held tool-call arguments go out, fixed, before the chunk that ends them.
+                    self.release_calls(Some(index), out);
+                }
                 let key = (index, field);
                 let current = sse_text(self.endpoint, choice).map(str::to_string);
                 let (new, block) = match current {
@@ -389,18 +518,46 @@ pub fn rewrite_json(
     endpoint: Endpoint,
     body: &[u8],
 ) -> Option<(Vec<u8>, Vec<Hit>)> {
+    rewrite_json_in(compiled, endpoint, body, &Context::default())
+}
+
+/// As [`rewrite_json`], for a request with `context`; tool calls' arguments are fixed too.
+pub fn rewrite_json_in(
+    compiled: &Arc<Compiled>,
+    endpoint: Endpoint,
+    body: &[u8],
+    context: &Context,
+) -> Option<(Vec<u8>, Vec<Hit>)> {
     let Ok(Value::Object(mut root)) = serde_json::from_slice::<Value>(body) else {
         return None;
     };
     let mut hits = Vec::new();
     let mut changed = false;
+    if compiled.has_path_rules() {
+        let tools = compiled.tool_fixer(context);
+        let calls = match endpoint {
+            Endpoint::Chat => root
+                .get_mut("message")
+                .and_then(|m| m.get_mut("tool_calls")),
+            _ => None,
+        };
+        changed |= fix_calls(&tools, calls, &mut hits);
+        if endpoint == Endpoint::OpenaiChat {
+            if let Some(Value::Array(choices)) = root.get_mut("choices") {
+                for choice in choices {
+                    changed |=
+                        fix_calls(&tools, choice.pointer_mut("/message/tool_calls"), &mut hits);
+                }
+            }
+        }
+    }
     match endpoint {
         Endpoint::Generate | Endpoint::Chat => {
             for field in ndjson_fields(endpoint) {
                 let Some(text) = get_ndjson_text(&root, endpoint, field).map(str::to_string) else {
                     continue;
                 };
-                let patched = compiled.apply(&text);
+                let patched = compiled.apply_in(&text, context);
                 hits.extend(patched.hits);
                 if patched.text != text {
                     set_ndjson_text(&mut root, endpoint, field, patched.text);
@@ -422,7 +579,7 @@ pub fn rewrite_json(
                     .and_then(Value::as_str)
                     .map(str::to_string);
                     let Some(text) = text else { continue };
-                    let patched = compiled.apply(&text);
+                    let patched = compiled.apply_in(&text, context);
                     hits.extend(patched.hits);
                     if patched.text != text {
                         let slot = match endpoint {
@@ -454,6 +611,62 @@ pub fn rewrite_json(
         .map(|bytes| (bytes, hits))
 }
 
+/// Fixes the paths of every call in a `tool_calls` array; returns true when one changed.
+fn fix_calls(tools: &ToolFixer, calls: Option<&mut Value>, hits: &mut Vec<Hit>) -> bool {
+    let Some(Value::Array(calls)) = calls else {
+        return false;
+    };
+    let mut changed = false;
+    for call in calls {
+        let Some(function) = call.get_mut("function").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if let Some(arguments) = function.get_mut("arguments") {
+            let (found, fixed) = fix_arguments_value(tools, &name, arguments);
+            hits.extend(found);
+            changed |= fixed;
+        }
+    }
+    changed
+}
+
+/// Fixes one call's arguments: an object (Ollama) in place, or a JSON string (OpenAI) parsed,
+/// fixed and written back (only when something changed). Returns the hits and whether the
+/// value changed.
+fn fix_arguments_value(tools: &ToolFixer, name: &str, arguments: &mut Value) -> (Vec<Hit>, bool) {
+    match arguments {
+        Value::Object(object) => {
+            let before = object.clone();
+            let hits = tools.fix(name, object);
+            let changed = *object != before;
+            (hits, changed)
+        }
+        Value::String(text) => {
+            let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(text) else {
+                return (Vec::new(), false);
+            };
+            let before = object.clone();
+            let hits = tools.fix(name, &mut object);
+            if object == before {
+                return (hits, false);
+            }
+            match serde_json::to_string(&Value::Object(object)) {
+                Ok(fixed) => {
+                    *text = fixed;
+                    (hits, true)
+                }
+                Err(_) => (hits, false),
+            }
+        }
+        _ => (Vec::new(), false),
+    }
+}
+
 /// The fields of an NDJSON line the rewriter needs, borrowed from the line.
 #[derive(serde::Deserialize)]
 struct Peek<'a> {
@@ -475,6 +688,8 @@ struct PeekMessage<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     thinking: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
 }
 
 impl<'a> Peek<'a> {

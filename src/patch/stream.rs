@@ -6,12 +6,14 @@
 //! for any split of the input equals the output for the whole text in one piece, and no byte of
 //! a match ever leaves before its match is decided.
 //!
-//! A buffer `buf` holds `context + pending`: `buf[..start]` is at most one already-released char,
-//! kept only so look-behind assertions (`\b`, `^`) and whole-word checks see what preceded.
+//! A buffer `buf` holds `context + pending`: `buf[..start]` is already-released text — one char
+//! for look-behind assertions (`\b`, `^`) and whole-word checks, or as many bytes as the
+//! matcher's [`Matcher::context`] asks for (a path rule reads the words before a path).
 
 use std::sync::Arc;
 
 use super::matcher::{next_char_boundary, Found, Matcher, Scratch};
+use super::PathNote;
 
 /// What a decided match does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,11 +25,12 @@ pub enum Effect {
 }
 
 /// A decided match, reported to the session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decided {
     pub rule: usize,
     pub detected: String,
     pub corrected: String,
+    pub path: Option<PathNote>,
 }
 
 impl Drop for StageStream {
@@ -117,7 +120,7 @@ impl StageStream {
     fn advance(&mut self, eof: bool, out: &mut String, decided: &mut Vec<Decided>) {
         let mut cursor = self.start;
         loop {
-            let found = self.matcher.find(&self.buf, cursor);
+            let found = self.matcher.find_in(&self.buf, cursor, eof);
             if !eof {
                 // Hold from the first position that could still start a match.
                 let limit = found.map_or(self.buf.len(), |f| f.start);
@@ -174,6 +177,7 @@ impl StageStream {
             rule: f.rule,
             detected,
             corrected: corrected.clone(),
+            path: self.matcher.explain(&self.buf, f),
         });
         match self.effect {
             Effect::Rewrite => {
@@ -212,15 +216,24 @@ impl StageStream {
         None
     }
 
-    /// Drops released text, keeping one char of context.
+    /// Drops released text, keeping one char of context (or the matcher's
+    /// [`Matcher::context`] bytes, whichever reaches further back).
     fn compact(&mut self) {
         if self.start == 0 {
             return;
         }
-        let keep_from = self.buf[..self.start]
+        let one_char = self.buf[..self.start]
             .char_indices()
             .next_back()
             .map_or(self.start, |(i, _)| i);
+        let mut keep_from = one_char.min(self.start.saturating_sub(self.matcher.context()));
+        while !self.buf.is_char_boundary(keep_from) {
+            keep_from -= 1;
+        }
+        // Compacting a few bytes at a time would move the buffer on every chunk.
+        if keep_from < 1024 && self.matcher.context() > 0 {
+            return;
+        }
         if keep_from > 0 {
             self.buf.drain(..keep_from);
             self.start -= keep_from;

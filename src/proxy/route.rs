@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use crate::audit::HitSink;
 use crate::edge::guard::is_model_management;
 use crate::edge::wire::{Flavor, Framing};
-use crate::patch::rewrite::{rewrite_json, Format, Rewriter};
-use crate::patch::Compiled;
+use crate::patch::rewrite::{rewrite_json_in, Format, Rewriter};
+use crate::patch::{Compiled, Context};
 use crate::proxy::admin;
 use crate::proxy::body::{BodyFault, LimitedBody, PatchBody, ProxyBody, UpstreamBody};
 use crate::proxy::error::ProxyError;
@@ -135,7 +135,12 @@ struct Patch {
     compiled: Arc<Compiled>,
     endpoint: Endpoint,
     model: Arc<str>,
+    /// The request's workspace, for path rules.
+    context: Context,
 }
+
+/// The header an IDE or agent names its workspace with (for `path` rules); never forwarded.
+pub const WORKSPACE_HEADER: &str = "x-rawrxd-workspace";
 
 /// A failure and how long the upstream had been waited on when it happened.
 type Failure = (ProxyError, Duration);
@@ -164,6 +169,11 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
         .uri_for(parts.uri.path_and_query())
         .map_err(|e| (e, Duration::ZERO))?;
     state.upstream.prepare_headers(&mut parts.headers);
+    // The workspace header is rawrxd's own: read it, and never forward it.
+    let workspace = parts
+        .headers
+        .remove(WORKSPACE_HEADER)
+        .and_then(|v| v.to_str().ok().map(str::to_string));
     let (body, fault) = LimitedBody::new(body, limit, state.stats.clone());
     // The rules to apply depend on the model named in the request body: read it whole (the
     // bytes are forwarded unchanged unless a request-side rule changes them). Requests no rule
@@ -223,10 +233,21 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
             let patch = live
                 .pipeline
                 .select(&model, Some(endpoint))
-                .map(|compiled| Patch {
-                    compiled,
-                    endpoint,
-                    model: Arc::from(model),
+                .map(|compiled| {
+                    if let Some(workspace) = &workspace {
+                        if compiled.has_path_rules() && !compiled.honours_workspace(workspace) {
+                            tracing::warn!(
+                                "{WORKSPACE_HEADER}: {workspace:?} is not one of the path rules' \
+                                 roots nor inside one; ignored (every root is searched)"
+                            );
+                        }
+                    }
+                    Patch {
+                        compiled,
+                        endpoint,
+                        model: Arc::from(model),
+                        context: Context { workspace },
+                    }
                 });
             let body = Full::new(bytes)
                 .map_err(|never| match never {})
@@ -302,6 +323,7 @@ async fn respond(
         compiled,
         endpoint,
         model,
+        context,
     }) = patch
     else {
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
@@ -329,7 +351,7 @@ async fn respond(
                     reason: error.to_string(),
                 })?
                 .to_bytes();
-            let bytes = match rewrite_json(&compiled, endpoint, &bytes) {
+            let bytes = match rewrite_json_in(&compiled, endpoint, &bytes, &context) {
                 Some((patched, hits)) => {
                     sink.record(hits);
                     Bytes::from(patched)
@@ -348,7 +370,7 @@ async fn respond(
     };
     // The length changes with the text; the stream is re-framed as chunked.
     parts.headers.remove(header::CONTENT_LENGTH);
-    let rewriter = Rewriter::new(compiled, endpoint, format);
+    let rewriter = Rewriter::in_context(compiled, endpoint, format, context);
     Ok(Response::from_parts(
         parts,
         PatchBody::new(body, rewriter, sink).boxed_unsync(),

@@ -175,6 +175,7 @@ impl RequestPatches {
                             detected,
                             corrected,
                             shadow,
+                            path: None,
                         },
                     ));
                 }

@@ -1,0 +1,293 @@
+//! The file index of one workspace root: every file under it the way ripgrep sees them
+//! (`.gitignore`/`.ignore` honoured, dot-directories included, `.git/` never, symlinks not
+//! followed), kept fresh by a file watcher.
+//!
+//! The index is an immutable [`IndexData`] behind an [`ArcSwap`]: a lookup loads the current
+//! one and never waits. A watcher event under a directory the walk visited schedules a rebuild
+//! (debounced by [`DEBOUNCE`]); the new data is swapped in whole, so a lookup sees either the
+//! old tree or the new one. Events inside ignored directories (`target/`, `node_modules/`) are
+//! not under a visited directory and cost nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+/// Files indexed per root before the walk stops (with a warning).
+pub const DEFAULT_FILE_LIMIT: usize = 500_000;
+
+/// Quiet time after a change before the index is rebuilt.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// The longest a rebuild waits for the tree to go quiet.
+pub const MAX_DELAY: Duration = Duration::from_millis(400);
+
+/// One directory's entries: (name, is_dir).
+pub type Entries = Vec<(Box<str>, bool)>;
+
+/// An immutable snapshot of the files under a root.
+#[derive(Debug, Default)]
+pub struct IndexData {
+    /// Relative paths with `/` separators.
+    files: Vec<Box<str>>,
+    /// Lowercased relative path → file ids.
+    lower: HashMap<Box<str>, Vec<u32>>,
+    /// Lowercased file name → file ids.
+    by_name: HashMap<Box<str>, Vec<u32>>,
+    /// Directory (relative, `""` for the root) → its entries.
+    dirs: HashMap<Box<str>, Entries>,
+    /// Lowercased extensions seen (without the dot).
+    exts: HashSet<Box<str>>,
+    /// Set when the walk stopped at the file limit.
+    pub truncated: bool,
+}
+
+impl IndexData {
+    /// Walks `root` (at most `limit` files).
+    pub fn build(root: &Path, limit: usize) -> IndexData {
+        let mut data = IndexData::default();
+        data.dirs.insert("".into(), Vec::new());
+        let walker = ignore::WalkBuilder::new(root)
+            .hidden(false)
+            .require_git(false)
+            .follow_links(false)
+            .filter_entry(|entry| entry.file_name() != ".git")
+            .build();
+        for entry in walker {
+            let Ok(entry) = entry else { continue };
+            if entry.depth() == 0 {
+                continue;
+            }
+            let Some(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_symlink() {
+                continue;
+            }
+            let Ok(rel) = entry.path().strip_prefix(root) else {
+                continue;
+            };
+            let Some(rel) = rel_text(rel) else { continue };
+            let (parent, name) = split_last(&rel);
+            data.dirs
+                .entry(parent.into())
+                .or_default()
+                .push((name.into(), kind.is_dir()));
+            if kind.is_dir() {
+                data.dirs.entry(rel.as_str().into()).or_default();
+                continue;
+            }
+            if data.files.len() >= limit {
+                data.truncated = true;
+                break;
+            }
+            data.add_file(&rel);
+        }
+        data
+    }
+
+    fn add_file(&mut self, rel: &str) {
+        let id = self.files.len() as u32;
+        let lower = rel.to_lowercase();
+        let (_, name) = split_last(&lower);
+        if let Some(ext) = extension(name) {
+            self.exts.insert(ext.into());
+        }
+        self.by_name.entry(name.into()).or_default().push(id);
+        self.lower
+            .entry(lower.as_str().into())
+            .or_default()
+            .push(id);
+        self.files.push(rel.into());
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn file(&self, id: u32) -> &str {
+        self.files.get(id as usize).map_or("", |f| f)
+    }
+
+    /// Files whose lowercased path is `lower`.
+    pub fn by_lower(&self, lower: &str) -> &[u32] {
+        self.lower.get(lower).map_or(&[], Vec::as_slice)
+    }
+
+    /// Files whose lowercased name is `lower_name`.
+    pub fn by_name(&self, lower_name: &str) -> &[u32] {
+        self.by_name.get(lower_name).map_or(&[], Vec::as_slice)
+    }
+
+    /// The entries of directory `dir` (relative, `""` for the root).
+    pub fn entries(&self, dir: &str) -> Option<&Entries> {
+        self.dirs.get(dir)
+    }
+
+    pub fn has_dir(&self, dir: &str) -> bool {
+        self.dirs.contains_key(dir)
+    }
+
+    /// Whether some file has this (lowercased) extension.
+    pub fn has_ext(&self, lower_ext: &str) -> bool {
+        self.exts.contains(lower_ext)
+    }
+}
+
+/// A relative path as `/`-separated text (None when not valid UTF-8).
+fn rel_text(rel: &Path) -> Option<String> {
+    let mut out = String::new();
+    for part in rel.components() {
+        let part = part.as_os_str().to_str()?;
+        if !out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(part);
+    }
+    Some(out)
+}
+
+/// (`dir`, `name`) of a relative path (`dir` is `""` at the top).
+pub fn split_last(rel: &str) -> (&str, &str) {
+    match rel.rfind('/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => ("", rel),
+    }
+}
+
+/// The extension of a file name (after the last dot, not for dotfiles without one).
+pub fn extension(name: &str) -> Option<&str> {
+    let dot = name.rfind('.')?;
+    if dot == 0 || dot + 1 == name.len() {
+        return None;
+    }
+    Some(&name[dot + 1..])
+}
+
+/// One root: its canonical path, its current index, and the watcher keeping it fresh.
+pub struct RootIndex {
+    /// The root as the rule wrote it (for messages).
+    pub written: String,
+    /// The canonical root.
+    pub root: PathBuf,
+    data: Arc<ArcSwap<IndexData>>,
+    /// Dropping it stops the watcher and, with it, the rebuild thread.
+    _watcher: Option<RecommendedWatcher>,
+    /// Why the index is incomplete (file limit, no watcher), for health.
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for RootIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootIndex")
+            .field("root", &self.root)
+            .field("files", &self.data.load().len())
+            .finish()
+    }
+}
+
+impl RootIndex {
+    /// Indexes `root` and starts watching it. A root that is missing, not a directory or
+    /// unreadable is an error (the rule is refused; the last good rules stay live).
+    pub fn open(written: &str, root: &Path, limit: usize) -> Result<RootIndex, String> {
+        let root = root
+            .canonicalize()
+            .map_err(|e| format!("root {written:?} ({}): {e}", root.display()))?;
+        if !root.is_dir() {
+            return Err(format!("root {written:?} is not a directory"));
+        }
+        std::fs::read_dir(&root).map_err(|e| format!("root {written:?} is not readable: {e}"))?;
+        let data = IndexData::build(&root, limit);
+        let mut warnings = Vec::new();
+        if data.truncated {
+            warnings.push(format!(
+                "root {written:?} has more than {limit} files; only the first {limit} are indexed"
+            ));
+        }
+        let data = Arc::new(ArcSwap::from_pointee(data));
+        let watcher = match watch(&root, &data, limit) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                warnings.push(format!(
+                    "root {written:?} is not watched ({e}); files created later are not indexed"
+                ));
+                None
+            }
+        };
+        for warning in &warnings {
+            tracing::warn!("path rule: {warning}");
+        }
+        Ok(RootIndex {
+            written: written.to_string(),
+            root,
+            data,
+            _watcher: watcher,
+            warnings,
+        })
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<IndexData> {
+        self.data.load_full()
+    }
+}
+
+/// Starts the watcher and the thread that rebuilds the index after changes.
+fn watch(
+    root: &Path,
+    data: &Arc<ArcSwap<IndexData>>,
+    limit: usize,
+) -> Result<RecommendedWatcher, notify::Error> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let events_root = root.to_path_buf();
+    let events_data = data.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else {
+            // The watcher lost track (queue overflow): rebuild to be safe.
+            let _ = tx.send(());
+            return;
+        };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let current = events_data.load();
+        let relevant = event.paths.iter().any(|path| {
+            let Ok(rel) = path.strip_prefix(&events_root) else {
+                return false;
+            };
+            if rel.components().any(|c| c.as_os_str() == ".git") {
+                return false;
+            }
+            let parent = rel.parent().and_then(rel_text).unwrap_or_default();
+            current.has_dir(&parent)
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(root, RecursiveMode::Recursive)?;
+    let root = root.to_path_buf();
+    let data = data.clone();
+    std::thread::Builder::new()
+        .name("rawrxd-path-index".into())
+        .spawn(move || {
+            // Ends when the watcher (holding the sender) is dropped.
+            while rx.recv().is_ok() {
+                // Debounce: wait until the tree has been quiet for a moment (but never
+                // longer than MAX_DELAY, so a file written non-stop cannot starve the index).
+                let deadline = Instant::now() + MAX_DELAY;
+                while Instant::now() < deadline && rx.recv_timeout(DEBOUNCE).is_ok() {}
+                data.store(Arc::new(IndexData::build(&root, limit)));
+            }
+        })
+        .map_err(|e| notify::Error::generic(&e.to_string()))?;
+    Ok(watcher)
+}

@@ -1,0 +1,336 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::text::{clean, core, create_intent, distance, next_token};
+use super::*;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempTree(PathBuf);
+
+impl TempTree {
+    fn new(files: &[&str]) -> TempTree {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rawrxd-paths-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in files {
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "").unwrap();
+        }
+        TempTree(dir.canonicalize().unwrap())
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn root(&self) -> String {
+        self.0.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SHOP: &[&str] = &[
+    "src/main.rs",
+    "src/lib.rs",
+    "src/commands/mod.rs",
+    "src/commands/search.rs",
+    "src/util/mod.rs",
+    "crates/printer/src/standard.rs",
+    "crates/printer/src/json.rs",
+    "crates/cli/src/json.rs",
+    "docs/config.yml",
+    "README.md",
+    "LICENSE-MIT",
+    ".github/workflows/ci.yml",
+    "src/os.rs",
+];
+
+fn fixer(tree: &TempTree) -> Arc<PathFixer> {
+    Arc::new(PathFixer::open(&[tree.root()], 0.8, true).unwrap())
+}
+
+fn prose(scope: &Scope, raw: &str) -> Verdict {
+    scope.decide(raw, false, Ref::Prose { quoted: true })
+}
+
+fn fixed(verdict: Verdict) -> Option<(String, &'static str)> {
+    match verdict {
+        Verdict::Fix { text, class, .. } => Some((text, class)),
+        _ => None,
+    }
+}
+
+#[test]
+fn tokens_are_cut_at_quotes_brackets_and_equals() {
+    let text = "see `src/mian.rs`, [x](docs/a.md) and --file=src/x.rs: done";
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    while let Some((start, Some(end))) = next_token(text, at, true) {
+        let token = &text[start..end];
+        if let Some(c) = core(token) {
+            tokens.push(token[c.start..c.end].to_string());
+        }
+        at = end;
+    }
+    assert!(tokens.contains(&"src/mian.rs".to_string()), "{tokens:?}");
+    assert!(tokens.contains(&"docs/a.md".to_string()), "{tokens:?}");
+    assert!(tokens.contains(&"src/x.rs".to_string()), "{tokens:?}");
+}
+
+#[test]
+fn the_core_drops_line_suffixes_and_sentence_punctuation() {
+    let c = core("src/main.rs:12:5.").unwrap();
+    assert_eq!(&"src/main.rs:12:5."[c.start..c.end], "src/main.rs");
+    let c = core("**src/lib.rs**").unwrap();
+    assert_eq!(&"**src/lib.rs**"[c.start..c.end], "src/lib.rs");
+    for not_a_path in [
+        "src/**/*.rs",
+        "^src/.*$",
+        "https://x.io/a.rs",
+        "std::path",
+        "a@b.com",
+    ] {
+        assert!(core(not_a_path).is_none(), "{not_a_path}");
+    }
+    // `__init__.py` keeps its underscores.
+    let c = core("__init__.py").unwrap();
+    assert_eq!(c.start, 0);
+}
+
+#[test]
+fn cleaning_maps_look_alikes_and_separators() {
+    assert_eq!(clean("src\\cmd\\mod.rs").0, "src/cmd/mod.rs");
+    assert_eq!(clean("src//x.rs").0, "src/x.rs");
+    assert_eq!(clean("src\u{FF0F}ma\u{200B}in.rs").0, "src/main.rs");
+    assert_eq!(clean("sr\u{0441}/main.rs").0, "src/main.rs"); // Cyrillic es
+    assert!(clean("src\u{2215}x.rs").1.unicode);
+}
+
+#[test]
+fn create_intent_reads_the_same_sentence_only() {
+    assert!(create_intent("I'll create a new file "));
+    assert!(create_intent("*** Add File: "));
+    assert!(!create_intent("I created a.rs. Now open "));
+    assert!(!create_intent("Open "));
+}
+
+#[test]
+fn distance_is_bounded_levenshtein() {
+    assert_eq!(distance("mian.rs", "main.rs", 2), Some(1));
+    assert_eq!(distance("serach", "search", 2), Some(1));
+    assert_eq!(distance("kitten", "sitting", 3), Some(3));
+    assert_eq!(distance("", "ab", 2), Some(2));
+    assert_eq!(distance("comands", "commands", 2), Some(1));
+    assert_eq!(distance("abc", "xyz", 2), None);
+}
+
+#[test]
+fn existing_outside_and_created_paths_are_kept() {
+    let tree = TempTree::new(SHOP);
+    let (scope, _) = fixer(&tree).scope(None);
+    for raw in [
+        "src/main.rs",
+        "./src/lib.rs",
+        "/etc/passwd",
+        "/etc/pasword",
+        "../../secrets.txt",
+        "~/.ssh/id_rsa",
+        "C:\\Windows\\System32\\drivers\\etc\\hosts",
+        "/home/someone/project/src/main.rs",
+        "src/../src/mian.rs",
+    ] {
+        assert_eq!(prose(&scope, raw), Verdict::Keep, "{raw}");
+    }
+    let absolute = format!("{}/src/main.rs", tree.root());
+    assert_eq!(prose(&scope, &absolute), Verdict::Keep);
+    // One edit from src/main.rs, but the model says it creates it.
+    assert_eq!(
+        scope.decide("src/mainn.rs", true, Ref::Prose { quoted: true }),
+        Verdict::Keep
+    );
+}
+
+#[test]
+fn each_class_is_fixed_in_the_authors_form() {
+    let tree = TempTree::new(SHOP);
+    let (scope, _) = fixer(&tree).scope(None);
+    let cases = [
+        ("src\\commands\\mod.rs", "src/commands/mod.rs", "separator"),
+        (".\\src\\lib.rs", "./src/lib.rs", "separator"),
+        ("src\u{FF0F}main.rs", "src/main.rs", "unicode"),
+        ("SRC/Main.rs", "src/main.rs", "case"),
+        ("docs/config.yaml", "docs/config.yml", "extension"),
+        (
+            "printer/src/standard.rs",
+            "crates/printer/src/standard.rs",
+            "missing_dir",
+        ),
+        (
+            "lib/printer/src/standard.rs",
+            "crates/printer/src/standard.rs",
+            "wrong_dir",
+        ),
+        ("src/comands/search.rs", "src/commands/search.rs", "typo"),
+        ("src/comands/mod.rs", "src/commands/mod.rs", "typo"),
+        (
+            "standard.rs",
+            "crates/printer/src/standard.rs",
+            "missing_dir",
+        ),
+        ("src/commands/serach.rs", "src/commands/search.rs", "typo"),
+        ("./src/mian.rs", "./src/main.rs", "typo"),
+        ("LICENSE-MTI", "LICENSE-MIT", "typo"),
+    ];
+    for (raw, want, class) in cases {
+        assert_eq!(
+            fixed(prose(&scope, raw)),
+            Some((want.to_string(), class)),
+            "{raw}"
+        );
+    }
+    let absolute = format!("{}/src/mian.rs", tree.root());
+    assert_eq!(
+        fixed(prose(&scope, &absolute)).map(|f| f.0),
+        Some(format!("{}/src/main.rs", tree.root()))
+    );
+}
+
+#[test]
+fn ambiguous_far_and_short_names_are_only_flagged() {
+    let tree = TempTree::new(SHOP);
+    let (scope, _) = fixer(&tree).scope(None);
+    // json.rs is in two crates.
+    match prose(&scope, "src/json.rs") {
+        Verdict::Flag { reason, .. } => assert!(reason.starts_with("ambiguous"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        prose(&scope, "src/quantum_flux.rs"),
+        Verdict::Flag { .. }
+    ));
+    // `io.rs` is one edit from `os.rs`, but too short to call it a typo.
+    assert!(matches!(prose(&scope, "src/io.rs"), Verdict::Flag { .. }));
+    // Not a file the workspace could have (no such extension): not a path at all.
+    assert_eq!(
+        scope.decide("flask.sansio", false, Ref::Prose { quoted: false }),
+        Verdict::Keep
+    );
+}
+
+#[test]
+fn min_confidence_and_flag_rules_only_flag() {
+    let tree = TempTree::new(SHOP);
+    let strict = Arc::new(PathFixer::open(&[tree.root()], 0.99, true).unwrap());
+    let (scope, _) = strict.scope(None);
+    assert!(matches!(prose(&scope, "src/mian.rs"), Verdict::Flag { .. }));
+    // Cleaning is certain.
+    assert!(fixed(prose(&scope, "src\\main.rs")).is_some());
+    let flag_only = Arc::new(PathFixer::open(&[tree.root()], 0.5, false).unwrap());
+    let (scope, _) = flag_only.scope(None);
+    assert!(matches!(
+        prose(&scope, "src\\main.rs"),
+        Verdict::Flag { .. }
+    ));
+}
+
+#[test]
+fn two_roots_make_a_match_in_both_ambiguous_unless_a_workspace_is_named() {
+    let a = TempTree::new(&["src/app.py", "README.md"]);
+    let b = TempTree::new(&["src/app.py", "setup.py"]);
+    let fixer = Arc::new(PathFixer::open(&[a.root(), b.root()], 0.8, true).unwrap());
+    let (scope, honoured) = fixer.scope(None);
+    assert!(honoured);
+    assert!(matches!(prose(&scope, "src/App.py"), Verdict::Flag { .. }));
+    let (scope, honoured) = fixer.scope(Some(&b.root()));
+    assert!(honoured);
+    assert_eq!(
+        fixed(prose(&scope, "src/App.py")).map(|f| f.0),
+        Some("src/app.py".to_string())
+    );
+    // A workspace outside every root is ignored.
+    let (_, honoured) = fixer.scope(Some("/etc"));
+    assert!(!honoured);
+    // A workspace inside a root: relative paths are relative to it.
+    let (scope, honoured) = fixer.scope(Some(&format!("{}/src", a.root())));
+    assert!(honoured);
+    assert_eq!(
+        fixed(prose(&scope, "App.py")).map(|f| f.0),
+        Some("app.py".to_string())
+    );
+}
+
+#[test]
+fn the_index_honours_ignore_files_and_skips_git() {
+    let tree = TempTree::new(&[
+        "src/main.rs",
+        "target/debug/build.rs",
+        ".github/workflows/ci.yml",
+        ".git/config.yml",
+        "notes.log",
+    ]);
+    std::fs::write(tree.path().join(".gitignore"), "target/\n*.log\n").unwrap();
+    let data = index::IndexData::build(tree.path(), 100);
+    let names: Vec<&str> = (0..data.len() as u32).map(|i| data.file(i)).collect();
+    assert!(names.contains(&"src/main.rs"));
+    assert!(names.contains(&".github/workflows/ci.yml"));
+    assert!(!names.iter().any(|n| n.starts_with("target/")), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with(".git/")), "{names:?}");
+    assert!(!names.contains(&"notes.log"));
+    let limited = index::IndexData::build(tree.path(), 1);
+    assert!(limited.truncated);
+    assert_eq!(limited.len(), 1);
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_out_of_the_root_are_not_followed() {
+    let outside = TempTree::new(&["secret/keys.rs"]);
+    let tree = TempTree::new(&["src/main.rs"]);
+    std::os::unix::fs::symlink(outside.path(), tree.path().join("link")).unwrap();
+    let data = index::IndexData::build(tree.path(), 100);
+    assert!(data.by_name("keys.rs").is_empty());
+    let (scope, _) = fixer(&tree).scope(None);
+    assert!(matches!(
+        prose(&scope, "secret/keys.rs"),
+        Verdict::Flag { .. }
+    ));
+}
+
+#[test]
+fn a_missing_root_is_an_error_not_a_crash() {
+    let error = PathFixer::open(&["/no/such/rawrxd/root".to_string()], 0.8, true).unwrap_err();
+    assert!(error.contains("/no/such/rawrxd/root"), "{error}");
+}
+
+#[test]
+fn a_file_created_now_is_found_within_a_second() {
+    let tree = TempTree::new(&["src/main.rs"]);
+    let fixer = fixer(&tree);
+    let (scope, _) = fixer.scope(None);
+    assert!(matches!(
+        prose(&scope, "src/Fresh_File.rs"),
+        Verdict::Flag { .. }
+    ));
+    std::fs::write(tree.path().join("src/fresh_file.rs"), "").unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some((text, _)) = fixed(prose(&scope, "src/Fresh_File.rs")) {
+            assert_eq!(text, "src/fresh_file.rs");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not indexed after 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
