@@ -7,12 +7,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{call, save, spawn_binary, Received, Script, TestProxy, Upstream};
+use support::{call, save, spawn_up, Received, Script, TestProxy, Upstream};
 
 async fn upstream() -> Upstream {
     Upstream::start(Script::status(200, "application/json", b"{\"done\":true}")).await
@@ -331,59 +329,6 @@ fn rules_test_shows_the_patched_request_and_the_rules_that_fired() {
 
 // ---------------------------------------------------------------------------------------
 // Against the real backend: `rawrxd up` on Gemma 3 270M.
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("RAWRXD_TEST_MODEL")
-        .map(PathBuf::from)
-        .expect("RAWRXD_TEST_MODEL must name the Gemma 3 270M GGUF (scripts/fetch-model.sh)");
-    assert!(path.is_file(), "{} is not a file", path.display());
-    path
-}
-
-/// `rawrxd up` with `rules_toml` as its rules; the proxy's address and serve's.
-fn spawn_up(tag: &str, rules_toml: &str) -> (support::Spawned, SocketAddr, SocketAddr) {
-    let dir = support::tempdir(tag);
-    let (models, rules) = (dir.join("models"), dir.join("rules"));
-    std::fs::create_dir_all(&models).unwrap();
-    std::fs::create_dir_all(&rules).unwrap();
-    save(&rules.join("request.toml"), rules_toml);
-    let model = format!("gemma3:270m={}", model_path().display());
-    let up = spawn_binary(
-        &[
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--serve-listen",
-            "127.0.0.1:0",
-            "--models",
-            models.to_str().unwrap(),
-            "--model",
-            &model,
-        ],
-        &dir,
-    );
-    // Each half logs "rawrxd proxy|serve listening on ADDR"; `spawn_binary` has read the
-    // first of the two lines (either half may log first).
-    let (mut proxy, mut serve): (Option<SocketAddr>, Option<SocketAddr>) = (None, None);
-    loop {
-        match (proxy, serve) {
-            (Some(_), Some(_)) => break,
-            (Some(p), None) if p != up.addr => serve = Some(up.addr),
-            (None, Some(s)) if s != up.addr => proxy = Some(up.addr),
-            _ => {
-                let line = up.logs.recv_timeout(Duration::from_secs(30)).unwrap();
-                for (half, slot) in [("proxy", &mut proxy), ("serve", &mut serve)] {
-                    let marker = format!("rawrxd {half} listening on ");
-                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
-                        *slot = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                    }
-                }
-            }
-        }
-    }
-    let (proxy, serve) = (proxy.unwrap(), serve.unwrap());
-    (up, proxy, serve)
-}
 
 #[tokio::test]
 async fn against_the_real_model_each_kind_changes_the_answer() {

@@ -118,6 +118,11 @@ pub enum RulesCommand {
         /// [default: generate; with --request, chat when the body has `messages`]
         #[arg(long, value_name = "ENDPOINT")]
         endpoint: Option<String>,
+        /// Workspace for path rules: every `path` rule looks in DIR instead of its roots (and
+        /// one is added when the rules have none), so `--root . --input "see src/mian.rs"`
+        /// shows what a path rule would do here
+        #[arg(long, value_name = "DIR", conflicts_with = "request")]
+        root: Option<PathBuf>,
     },
     /// List the rules in a directory.
     List {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::patch::Pipeline;
 use crate::request::{Outcome, RequestPatches};
-use crate::rules::{self, Endpoint, Rule, RuleError};
+use crate::rules::{self, Action, Endpoint, Mode, Rule, RuleError};
 
 /// A command's printable outcome: `Err` means exit non-zero.
 pub type Report = Result<String, String>;
@@ -100,14 +100,47 @@ pub fn list(dir: &Path) -> Report {
     Ok(out)
 }
 
-/// `rawrxd rules test`: `input` is a text, or the path of a file holding one.
-pub fn test(input: &str, dir: &Path, model: &str, endpoint: &str) -> Report {
+/// `rawrxd rules test`: `input` is a text, or the path of a file holding one. With `root`,
+/// every `path` rule looks in that directory instead of its roots (one is added when there
+/// is none).
+pub fn test(input: &str, dir: &Path, model: &str, endpoint: &str, root: Option<&Path>) -> Report {
     let endpoint = self::endpoint(endpoint)?;
     let text = match Path::new(input).is_file() {
         true => std::fs::read_to_string(input).map_err(|e| format!("cannot read {input}: {e}"))?,
         false => input.to_string(),
     };
-    let rules = load(&[], dir).map_err(|errors| render_errors(&errors))?;
+    let mut rules = match (load(&[], dir), root) {
+        (Ok(rules), _) => rules,
+        // No rule directory is fine when --root asks for a path rule alone.
+        (Err(_), Some(_)) if !dir.exists() => Vec::new(),
+        (Err(errors), _) => return Err(render_errors(&errors)),
+    };
+    if let Some(root) = root {
+        let root = root.to_string_lossy().into_owned();
+        let mut found = false;
+        for rule in &mut rules {
+            if let Action::Path { roots, .. } = &mut rule.action {
+                *roots = vec![root.clone()];
+                found = true;
+            }
+        }
+        if !found {
+            rules.push(Rule {
+                id: "path".into(),
+                enabled: true,
+                mode: Mode::Enforce,
+                models: vec!["*".into()],
+                endpoints: Vec::new(),
+                action: Action::Path {
+                    roots: vec![root],
+                    min_confidence: crate::rules::DEFAULT_MIN_CONFIDENCE,
+                    fix: true,
+                },
+                source: "--root".into(),
+                description: None,
+            });
+        }
+    }
     let pipeline = Pipeline::new(rules).map_err(|errors| render_errors(&errors))?;
     let Some(compiled) = pipeline.select(model, Some(endpoint)) else {
         return Ok(format!(
@@ -119,11 +152,18 @@ pub fn test(input: &str, dir: &Path, model: &str, endpoint: &str) -> Report {
     let mut out = patched.text.clone();
     let _ = write!(out, "\n--\n{} correction(s)", patched.hits.len());
     for hit in &patched.hits {
-        write_hit(
-            &mut out,
-            hit,
-            &format!("{:?} -> {:?}", hit.detected, hit.corrected),
-        );
+        let change = match &hit.path {
+            Some(note) if note.flagged => format!(
+                "flagged {:?}: {} (fabricated_path, confidence {:.2})",
+                hit.detected, note.reasoning, note.confidence
+            ),
+            Some(note) => format!(
+                "{:?} -> {:?} ({}, confidence {:.2})",
+                hit.detected, hit.corrected, note.reasoning, note.confidence
+            ),
+            None => format!("{:?} -> {:?}", hit.detected, hit.corrected),
+        };
+        write_hit(&mut out, hit, &change);
     }
     if let Some(message) = &patched.blocked {
         let _ = write!(out, "\nblocked: the response would end with {message:?}");
@@ -378,7 +418,7 @@ mod tests {
         let dir = dir_with(
             "[[rule]]\nid = \"conf\"\nkind = \"replace\"\nfind = \"confidential\"\nreplace = \"[x]\"\n",
         );
-        let report = test("a confidential note", &dir, "m", "chat").unwrap();
+        let report = test("a confidential note", &dir, "m", "chat", None).unwrap();
         assert!(
             report.starts_with("a [x] note\n--\n1 correction(s)"),
             "{report}"
@@ -387,7 +427,34 @@ mod tests {
             report.contains("conf (replace): \"confidential\" -> \"[x]\""),
             "{report}"
         );
-        assert!(test("x", &dir, "m", "nope").is_err());
+        assert!(test("x", &dir, "m", "nope", None).is_err());
+    }
+
+    #[test]
+    fn test_with_a_root_shows_what_a_path_rule_would_do() {
+        let rules = dir_with("");
+        let root = dir_with("");
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::write(root.join("src/main.rs"), "").unwrap();
+        let input = "see `src/mian.rs` and `src/quantum.rs`";
+        let report = test(input, &rules, "m", "chat", Some(&root)).unwrap();
+        assert!(
+            report.starts_with("see `src/main.rs` and `src/quantum.rs`\n--\n2 correction(s)"),
+            "{report}"
+        );
+        assert!(
+            report.contains(
+                "path (path): \"src/mian.rs\" -> \"src/main.rs\" (typo, confidence 0.90)"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains("flagged \"src/quantum.rs\": no file within 2 edits"),
+            "{report}"
+        );
+        // Without --root there is no path rule: the text is left alone.
+        let report = test(input, &rules, "m", "chat", None).unwrap();
+        assert!(report.contains("no rule applies"), "{report}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn run_rules(command: RulesCommand, out: &mut dyn Write, err: &mut dyn Write
             rules,
             model,
             endpoint,
+            root: _,
         } => commands::test_request(&request, &rules, model.as_deref(), endpoint.as_deref()),
         RulesCommand::Test {
             input,
@@ -31,11 +32,13 @@ pub fn run_rules(command: RulesCommand, out: &mut dyn Write, err: &mut dyn Write
             rules,
             model,
             endpoint,
+            root,
         } => commands::test(
             &input.unwrap_or_default(),
             &rules,
             model.as_deref().unwrap_or_default(),
             endpoint.as_deref().unwrap_or("generate"),
+            root.as_deref(),
         ),
     };
     match report {

@@ -314,6 +314,23 @@ impl Pipeline {
         &self.table
     }
 
+    /// Each enabled path rule's index: (rule id, roots, files indexed, warnings).
+    pub fn path_indexes(&self) -> Vec<(String, Vec<String>, usize, Vec<String>)> {
+        self.fixers
+            .iter()
+            .zip(&self.table.rules)
+            .filter_map(|(fixer, rule)| {
+                let fixer = fixer.as_ref()?;
+                Some((
+                    rule.id.clone(),
+                    fixer.roots(),
+                    fixer.indexed_files(),
+                    fixer.warnings(),
+                ))
+            })
+            .collect()
+    }
+
     /// The compiled stages for a request, or `None` when no response-side rule applies.
     pub fn select(&self, model: &str, endpoint: Option<Endpoint>) -> Option<Arc<Compiled>> {
         if model.len() > MAX_REMEMBERED_MODEL_LEN {

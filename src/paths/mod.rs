@@ -144,6 +144,14 @@ impl PathFixer {
             .collect()
     }
 
+    /// The canonical roots.
+    pub fn roots(&self) -> Vec<String> {
+        self.roots
+            .iter()
+            .map(|r| r.root.display().to_string())
+            .collect()
+    }
+
     /// Files indexed, over all roots.
     pub fn indexed_files(&self) -> usize {
         self.roots.iter().map(|r| r.load().len()).sum()

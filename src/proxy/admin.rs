@@ -273,8 +273,17 @@ fn rules_status(state: &ProxyState) -> Value {
     let status = state.lock_rule_status().clone();
     let live = state.live.load();
     let rules = &live.pipeline.table().rules;
+    let path_indexes: Vec<Value> = live
+        .pipeline
+        .path_indexes()
+        .into_iter()
+        .map(|(rule, roots, files, warnings)| {
+            json!({ "rule": rule, "roots": roots, "files": files, "warnings": warnings })
+        })
+        .collect();
     json!({
         "status": if status.errors.is_empty() { "ok" } else { "error" },
+        "path_indexes": path_indexes,
         "loaded": rules.len(),
         "enabled": rules.iter().filter(|r| r.enabled).count(),
         "dir": state.config.rules_dir.display().to_string(),

@@ -660,3 +660,62 @@ pub fn token_line(i: usize) -> String {
         r#"{{"model":"m","created_at":"2025-01-01T00:00:00Z","response":"tok{i} ","done":false}}"#
     )
 }
+
+/// The Gemma test model (`RAWRXD_TEST_MODEL`, set by scripts/test.sh).
+pub fn model_path() -> std::path::PathBuf {
+    let path = std::env::var_os("RAWRXD_TEST_MODEL")
+        .map(std::path::PathBuf::from)
+        .expect("RAWRXD_TEST_MODEL must name the Gemma 3 270M GGUF (scripts/fetch-model.sh)");
+    assert!(path.is_file(), "{} is not a file", path.display());
+    path
+}
+
+/// `rawrxd up` (in a fresh directory, the test model as `gemma3:270m`) with `rules_toml` as
+/// its rules; the proxy's address and serve's.
+pub fn spawn_up(
+    tag: &str,
+    rules_toml: &str,
+) -> (Spawned, std::net::SocketAddr, std::net::SocketAddr) {
+    let dir = tempdir(tag);
+    let (models, rules) = (dir.join("models"), dir.join("rules"));
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::create_dir_all(&rules).unwrap();
+    save(&rules.join("request.toml"), rules_toml);
+    let model = format!("gemma3:270m={}", model_path().display());
+    let up = spawn_binary(
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--serve-listen",
+            "127.0.0.1:0",
+            "--models",
+            models.to_str().unwrap(),
+            "--model",
+            &model,
+        ],
+        &dir,
+    );
+    // Each half logs "rawrxd proxy|serve listening on ADDR"; `spawn_binary` has read the
+    // first of the two lines (either half may log first).
+    let (mut proxy, mut serve): (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) =
+        (None, None);
+    loop {
+        match (proxy, serve) {
+            (Some(_), Some(_)) => break,
+            (Some(p), None) if p != up.addr => serve = Some(up.addr),
+            (None, Some(s)) if s != up.addr => proxy = Some(up.addr),
+            _ => {
+                let line = up.logs.recv_timeout(Duration::from_secs(30)).unwrap();
+                for (half, slot) in [("proxy", &mut proxy), ("serve", &mut serve)] {
+                    let marker = format!("rawrxd {half} listening on ");
+                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                        *slot = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                    }
+                }
+            }
+        }
+    }
+    let (proxy, serve) = (proxy.unwrap(), serve.unwrap());
+    (up, proxy, serve)
+}
