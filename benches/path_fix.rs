@@ -361,11 +361,7 @@ fn candidates(class: &str, tree: &Tree, rng: &mut Rng) -> Vec<String> {
                     Some((s, e)) if !s.is_empty() => e.to_string(),
                     _ => continue,
                 };
-                let name = format!(
-                    "{}_{}.{ext}",
-                    rng.pick(&ADJECTIVES),
-                    rng.pick(&NOUNS)
-                );
+                let name = format!("{}_{}.{ext}", rng.pick(&ADJECTIVES), rng.pick(&NOUNS));
                 if names.contains(&name) {
                     continue;
                 }
@@ -399,7 +395,9 @@ fn verdict_kind(v: &Verdict) -> &'static str {
 }
 
 fn lookup(tree: &Tree) -> Duration {
-    println!("== 1. lookup: Scope::decide per candidate (Ref::Prose {{ quoted: true }}, create = false)");
+    println!(
+        "== 1. lookup: Scope::decide per candidate (Ref::Prose {{ quoted: true }}, create = false)"
+    );
     let fixer = Arc::new(
         PathFixer::open(&[tree.root.display().to_string()], 0.8, true).expect("path fixer"),
     );
@@ -418,7 +416,9 @@ fn lookup(tree: &Tree) -> Duration {
         );
     }
     // What each class exercises: verdicts (and fix classes) of one pass, and an example.
-    println!("   candidates per class: {PER_CLASS}, each decided {PASSES} times (shuffled every pass)");
+    println!(
+        "   candidates per class: {PER_CLASS}, each decided {PASSES} times (shuffled every pass)"
+    );
     for (c, class) in CLASSES.iter().enumerate() {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for (_, raw) in all.iter().filter(|(k, _)| *k == c) {
@@ -740,9 +740,19 @@ fn streaming(tree: &Tree) -> f64 {
     type Case<'a> = (&'a str, &'a Arc<Compiled>, &'a [Vec<u8>], &'a [String]);
     let cases: [Case; 4] = [
         ("(a) prose, replace rule", &replace, &prose_lines, &prose),
-        ("(b) prose, replace + path rule", &with_path, &prose_lines, &prose),
+        (
+            "(b) prose, replace + path rule",
+            &with_path,
+            &prose_lines,
+            &prose,
+        ),
         ("(c) paths, replace rule", &replace, &path_lines, &paths),
-        ("(c) paths, replace + path rule", &with_path, &path_lines, &paths),
+        (
+            "(c) paths, replace + path rule",
+            &with_path,
+            &path_lines,
+            &paths,
+        ),
     ];
     for (_, c, lines, toks) in &cases {
         black_box(stream(c, lines));
@@ -863,9 +873,18 @@ fn held_back(tree: &Tree) {
     };
     let runs = [
         ("held_back's rules (5 pack + 5 extra)", set(None, true)),
-        ("  + path rule (root: the tree)", set(Some(&tree.root), true)),
-        ("  + path rule (root: this repository)", set(Some(root), true)),
-        ("path rule alone (root: the tree)", set(Some(&tree.root), false)),
+        (
+            "  + path rule (root: the tree)",
+            set(Some(&tree.root), true),
+        ),
+        (
+            "  + path rule (root: this repository)",
+            set(Some(root), true),
+        ),
+        (
+            "path rule alone (root: the tree)",
+            set(Some(&tree.root), false),
+        ),
     ];
     println!(
         "   {} recordings, {} lines",
@@ -893,8 +912,18 @@ fn held_back(tree: &Tree) {
 fn main() {
     let started = Instant::now();
     let tree = build_tree();
-    let deepest = tree.files.iter().map(|f| f.split('/').count()).max().unwrap();
-    let shallowest = tree.files.iter().map(|f| f.split('/').count()).min().unwrap();
+    let deepest = tree
+        .files
+        .iter()
+        .map(|f| f.split('/').count())
+        .max()
+        .unwrap();
+    let shallowest = tree
+        .files
+        .iter()
+        .map(|f| f.split('/').count())
+        .min()
+        .unwrap();
     println!(
         "path_fix: tree {} — {} files, {} directories, {shallowest} to {deepest} components; made in {:.1} s",
         tree.root.display(),

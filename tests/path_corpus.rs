@@ -351,3 +351,78 @@ fn the_labelled_corpus_meets_the_bars() {
     let flagged = fabricated.flagged as f64 / fabricated.items as f64;
     assert!(flagged >= 0.90, "fabricated flagged {flagged}");
 }
+
+/// Streamed in any split, a text with paths comes out as fixing it whole does: pieces of
+/// paths (misspelled, Windows, look-alike, quoted, with line suffixes), create-intent words
+/// and no-break spaces at random places, cut at random char boundaries.
+mod streaming_equals_whole {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn shared() -> &'static Corpus {
+        static CORPUS: OnceLock<Corpus> = OnceLock::new();
+        CORPUS.get_or_init(corpus)
+    }
+
+    const PIECES: &[&str] = &[
+        "crates/core/flags/defs.rs",
+        "crates/core/flags/dfes.rs",
+        "crates\\core\\main.rs",
+        "src/flask/ap.py",
+        "src/flask/app.py:12:5",
+        "Src/Flask/App.py",
+        "flask/app.py",
+        "src\u{FF0F}flask/app.py",
+        "src/fla\u{200B}sk/cli.py",
+        "`tests/conftest.py`",
+        "\"README.md\"",
+        "[link](docs/index.rst)",
+        "./src/flask/json/tag.py",
+        "/etc/passwd",
+        "new file",
+        "create ",
+        "(new)",
+        " ",
+        "\u{00A0}",
+        "/",
+        ". ",
+        ", ",
+        "\n",
+        "see ",
+        "the ",
+        "e.g. ",
+        "v1.2.3",
+        "https://example.com/a.py",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn any_split(
+            parts in proptest::collection::vec(0..PIECES.len(), 1..24),
+            cuts in proptest::collection::vec(1usize..12, 1..64),
+            in_flask in any::<bool>(),
+        ) {
+            let c = shared();
+            let text: String = parts.iter().map(|&i| PIECES[i]).collect();
+            let root = &c.roots[if in_flask { "flask" } else { "ripgrep" }];
+            let ctx = Context { workspace: Some(root.clone()) };
+            let whole = c.compiled.apply_in(&text, &ctx);
+            let mut session = c.compiled.session_in(&ctx);
+            let chars: Vec<char> = text.chars().collect();
+            let mut out = String::new();
+            let (mut at, mut k) = (0, 0);
+            while at < chars.len() {
+                let n = cuts[k % cuts.len()];
+                k += 1;
+                let end = (at + n).min(chars.len());
+                let piece: String = chars[at..end].iter().collect();
+                out.push_str(&session.push(&piece));
+                at = end;
+            }
+            out.push_str(&session.finish());
+            prop_assert_eq!(out, whole.text);
+        }
+    }
+}

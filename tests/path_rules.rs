@@ -247,21 +247,109 @@ async fn a_missing_root_is_a_reported_rule_error_and_the_last_good_rules_stay() 
     proxy.shutdown().await;
 }
 
+/// An OpenAI chat completion (not streamed) whose answer is a `read_file` call of `path`.
+fn read_file_completion(path: &str) -> String {
+    let arguments = json!({ "path": path }).to_string();
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                "name": "read_file", "arguments": arguments}}]}}]
+    })
+    .to_string()
+}
+
+/// The official `ollama` and `openai` Python clients (streamed and not) get tool calls whose
+/// misspelled path the proxy fixed (tests/clients/test_path_tools.py does the talking).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_clients_get_fixed_tool_calls() {
+    let dir = tempdir("path-clients");
+    let root = workspace(&dir);
+    let rules = path_rule("fix-paths", &root, "");
+    let ollama_upstream = Upstream::start(Script::ndjson(
+        &chat_lines(
+            &[],
+            Some(json!({"function": {"name": "read_file", "arguments": {"path": "src/utlis.rs"}}})),
+        ),
+        Duration::from_millis(2),
+    ))
+    .await;
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "read_file", "arguments": ""}}]}),
+        Value::Null,
+    )];
+    for piece in ["{\"pa", "th\": \"src/ut", "lis.rs\"}"] {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            Value::Null,
+        ));
+    }
+    events.push(chunk(json!({}), json!("tool_calls")));
+    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+    let sse_upstream = Upstream::start(Script::sse(&events, Duration::from_millis(2))).await;
+    let whole_upstream = Upstream::start(Script::status(
+        200,
+        "application/json",
+        read_file_completion("src/utlis.rs").as_bytes(),
+    ))
+    .await;
+    let mut proxies = Vec::new();
+    for upstream in [&ollama_upstream, &sse_upstream, &whole_upstream] {
+        proxies.push(TestProxy::with_rules(&upstream.url(), &rules).await);
+    }
+    let urls: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("http://{}", p.addr))
+        .collect();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/test_path_tools.py"
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args([
+                "--ollama",
+                &urls[0],
+                "--openai-stream",
+                &urls[1],
+                "--openai",
+                &urls[2],
+            ])
+            .args(["--root", &root])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs (scripts/test.sh puts its venv first on PATH)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.contains("path clients: 3 passed, 0 failed"),
+        "{report}"
+    );
+    for mut proxy in proxies {
+        proxy.shutdown().await;
+    }
+}
+
 /// An agent asks for a file, the model names it wrong in a `read_file` call (OpenAI, not
 /// streamed), and the agent opens what the fixed call names: the file exists.
 #[tokio::test]
 async fn agent_round_trip_the_fixed_read_file_argument_names_a_real_file() {
     let dir = tempdir("path-agent");
     let root = workspace(&dir);
-    let completion = json!({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-            "role": "assistant", "content": null,
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {
-                "name": "read_file",
-                "arguments": "{\"path\":\"Src/Commands/serach.rs\"}"}}]}}]
-    })
-    .to_string();
+    let completion = read_file_completion("Src/Commands/serach.rs");
     let upstream = Upstream::start(Script::status(
         200,
         "application/json",
