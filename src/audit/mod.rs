@@ -283,7 +283,7 @@ fn bare(text: &str) -> String {
 
 /// The `corrections.log` line for one event (with its newline).
 pub fn correction_line(event: &AuditEvent, ts: &str) -> String {
-    format_line(
+    let mut line = format_line(
         ts,
         event_label(event),
         &event.rule_id,
@@ -291,7 +291,16 @@ pub fn correction_line(event: &AuditEvent, ts: &str) -> String {
         &event.detected,
         &event.corrected,
         event.shadow,
-    )
+    );
+    // A flagged path says why (ambiguous between which files, how far), since no navigation
+    // line is written for it.
+    if let (true, Some(reasoning)) = (event.flagged, &event.reasoning) {
+        line.pop();
+        line.push_str(" | Reasoning: ");
+        line.push_str(&quoted(reasoning));
+        line.push('\n');
+    }
+    line
 }
 
 /// The `corrections.log` line for a stored correction (as `rawrxd audit search` prints it).

@@ -38,6 +38,21 @@ fn lines_follow_the_design_format() {
 }
 
 #[test]
+fn a_flagged_path_is_a_fabricated_path_line_with_its_reasoning() {
+    let e = AuditEvent {
+        flagged: true,
+        confidence: 0.45,
+        reasoning: Some("ambiguous (case): a/x.rs, b/x.rs".into()),
+        ..event(Kind::Path, "x.rs", "x.rs")
+    };
+    assert_eq!(
+        correction_line(&e, "T"),
+        "T | Type: fabricated_path | Rule: fix-paths | Confidence: 0.45 | Detected: \"x.rs\" | \
+         Corrected: \"x.rs\" | Reasoning: \"ambiguous (case): a/x.rs, b/x.rs\"\n"
+    );
+}
+
+#[test]
 fn a_line_stays_one_line_whatever_the_text() {
     let e = AuditEvent {
         shadow: true,
