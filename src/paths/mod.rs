@@ -596,26 +596,30 @@ fn suffix_step(
     if named.is_empty() {
         return None;
     }
-    let under = |file: &str| prefix.is_empty() || file.starts_with(&format!("{prefix}/"));
+    // Each file with that name once: (its path, lowercased and relative to the workspace).
+    let dir_prefix = format!("{prefix}/");
+    let files: Vec<(&str, String)> = named
+        .iter()
+        .map(|&id| data.file(id))
+        .filter_map(|f| {
+            let inner = if prefix.is_empty() {
+                f
+            } else {
+                f.strip_prefix(&dir_prefix)?
+            };
+            Some((f, inner.to_lowercase()))
+        })
+        .collect();
     for k in 0..parts.len() {
         if name_only != (parts.len() - k == 1) {
             continue;
         }
         let tail = parts[k..].join("/");
-        let within = |file: &str| {
-            let inner = if prefix.is_empty() {
-                file
-            } else {
-                file.get(prefix.len() + 1..).unwrap_or("")
-            };
-            let inner = inner.to_lowercase();
-            (k > 0 && inner == tail) || inner.ends_with(&format!("/{tail}"))
-        };
-        let found: Vec<String> = named
+        let ending = format!("/{tail}");
+        let found: Vec<String> = files
             .iter()
-            .map(|&id| data.file(id))
-            .filter(|f| under(f) && within(f))
-            .map(str::to_string)
+            .filter(|(_, inner)| (k > 0 && *inner == tail) || inner.ends_with(&ending))
+            .map(|(f, _)| f.to_string())
             .collect();
         if !found.is_empty() {
             let confidence = if parts.len() - k >= 2 { 0.9 } else { 0.85 };

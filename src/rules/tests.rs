@@ -336,6 +336,7 @@ max_len = 64
 [[rule]]
 id = "p"
 kind = "path"
+roots = ["/srv/work"]
 action = "flag"
 min_confidence = 1
 
@@ -403,7 +404,7 @@ description = "stop after the answer"
                 max_len: 64,
             },
             Action::Path {
-                roots: vec![".".into()],
+                roots: vec!["/srv/work".into()],
                 min_confidence: 1.0,
                 fix: false,
             },
@@ -507,6 +508,7 @@ kind = "teleport"
     rules/t.toml:20: rule "empty": field `message`: missing (required by kind `block`)
     rules/t.toml:23: rule "empty": field `pattern`: "a*" can match the empty string, so it would match everywhere; make it consume at least one character (e.g. `a+` rather than `a*`)
     rules/t.toml:24: rule "empty": field `case_insensitive`: expected true or false, found a string
+    rules/t.toml:26: rule "p": field `roots`: missing (required by kind `path`)
     rules/t.toml:29: rule "p": field `min_confidence`: must be between 0 and 1, not 1.5
     rules/t.toml:30: rule "p": field `action`: unknown action "fix-it"; expected fix or flag
     rules/t.toml:31: rule "p": field `patern`: unknown field (did you mean `pattern`?)
@@ -643,7 +645,8 @@ fn either_or_fields_and_required_fields() {
     assert_eq!(missing("system_prompt"), ["text"]);
     assert_eq!(missing("param"), ["name", "value"]);
     assert_eq!(missing("stop"), ["sequences"]);
-    parse("[[rule]]\nid = \"x\"\nkind = \"path\"\n").unwrap();
+    assert_eq!(missing("path"), ["roots"]);
+    parse("[[rule]]\nid = \"x\"\nkind = \"path\"\nroots = [\".\"]\n").unwrap();
     // A field of the wrong type is reported once, not also as missing.
     let errors = errors_of("[[rule]]\nid = \"x\"\nkind = \"stop\"\nsequences = \"x\"\n");
     assert_eq!(errors.len(), 1, "{}", rendered(&errors));

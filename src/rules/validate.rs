@@ -512,11 +512,14 @@ pub(super) fn build_action(r: &mut Report<'_>, kind: Kind, spec: &RuleSpec) -> O
         }
         Kind::Path => {
             let roots = match &spec.roots {
-                None => Some(vec![".".to_string()]),
+                None => {
+                    r.missing("roots", Kind::Path);
+                    None
+                }
                 Some(roots) if roots.is_empty() => {
                     r.field(
                         "roots",
-                        "must not be empty; leave it out for the working directory",
+                        "must name at least one workspace directory the fixer may look in",
                     );
                     None
                 }
