@@ -334,3 +334,61 @@ fn a_file_created_now_is_found_within_a_second() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+fn args(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn tool_arguments_fix_path_keys_and_commands_but_never_contents_or_creations() {
+    use serde_json::json;
+    let tree = TempTree::new(SHOP);
+    let (scope, _) = fixer(&tree).scope(None);
+    let mut read = args(json!({"path": "“src/mian.rs”", "old_str": "src/mian.rs"}));
+    let found = tools::fix_arguments(&scope, "read_file", &mut read, true);
+    assert_eq!(read["path"], "src/main.rs");
+    assert_eq!(read["old_str"], "src/mian.rs");
+    assert_eq!(found.len(), 1);
+    let mut list = args(json!({"paths": ["src/lib.rs", "SRC/LIB.RS"], "pattern": "src/mian.rs"}));
+    tools::fix_arguments(&scope, "grep", &mut list, true);
+    assert_eq!(list["paths"], json!(["src/lib.rs", "src/lib.rs"]));
+    assert_eq!(list["pattern"], "src/mian.rs");
+    let mut shell = args(json!({"command": "cat src/mian.rs | head -n 5"}));
+    tools::fix_arguments(&scope, "run_shell", &mut shell, true);
+    assert_eq!(shell["command"], "cat src/main.rs | head -n 5");
+    // Shadow: reported, unchanged.
+    let mut shadow = args(json!({"path": "src/mian.rs"}));
+    assert_eq!(
+        tools::fix_arguments(&scope, "read_file", &mut shadow, false).len(),
+        1
+    );
+    assert_eq!(shadow["path"], "src/mian.rs");
+    // Creating a file one edit from an existing one: never touched.
+    for (tool, value) in [
+        ("write_file", json!({"path": "src/mainn.rs", "content": "x"})),
+        ("create_file", json!({"file_path": "src/mainn.rs"})),
+        ("str_replace_editor", json!({"command": "create", "path": "src/mainn.rs"})),
+        ("run_shell", json!({"command": "touch src/mainn.rs"})),
+        ("run_shell", json!({"command": "echo x > src/mainn.rs"})),
+    ] {
+        let mut a = args(value.clone());
+        assert!(
+            tools::fix_arguments(&scope, tool, &mut a, true).is_empty(),
+            "{tool} {value}"
+        );
+        assert_eq!(serde_json::Value::Object(a), value);
+    }
+}
+
+#[test]
+fn a_bare_division_slash_in_prose_is_cleaned() {
+    let tree = TempTree::new(SHOP);
+    let (scope, _) = fixer(&tree).scope(None);
+    assert_eq!(
+        fixed(scope.decide("src\u{2215}main.rs", false, Ref::Prose { quoted: false })),
+        Some(("src/main.rs".to_string(), "unicode"))
+    );
+}
