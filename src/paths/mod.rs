@@ -274,6 +274,7 @@ impl Scope {
             (Form::Relative { dot }, rest.to_string(), targets)
         };
         if rel.is_empty()
+            || looks_like_domain(&rel)
             || rel.ends_with('/')
             || rel
                 .split('/')
@@ -312,12 +313,32 @@ impl Scope {
         }
         // The file name alone is evidence enough only for a name that looks like a file's.
         let by_name = found_in == Ref::Argument || extension(split_last(&rel).1).is_some();
+        // A bare word in prose with no directory ("Node.js", "setup.py") is a path only when
+        // some file has exactly that name: no case or typo guesses, no flags.
+        let bare_word = found_in == (Ref::Prose { quoted: false })
+            && !clean.contains('/')
+            && !clean.starts_with('.');
         let found = lookup(&rel, cleaned, &targets, &snapshots, by_name);
-        let Some(found) = found else {
-            return Verdict::Flag {
-                confidence: 0.0,
-                reason: format!("no file within {MAX_EDITS} edits"),
-            };
+        let found = match found {
+            Some(found) if bare_word => {
+                let exact = found.iter().all(|f| {
+                    f.candidates
+                        .iter()
+                        .all(|c| split_last(c).1 == rel && !matches!(f.class, "case" | "typo"))
+                });
+                if !exact {
+                    return Verdict::Keep;
+                }
+                found
+            }
+            Some(found) => found,
+            None if bare_word => return Verdict::Keep,
+            None => {
+                return Verdict::Flag {
+                    confidence: 0.0,
+                    reason: format!("no file within {MAX_EDITS} edits"),
+                }
+            }
         };
         let several_targets = found.len() > 1;
         let first = &found[0];
@@ -446,6 +467,24 @@ fn raw_relative(raw: &str) -> Option<PathBuf> {
 
 fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
+}
+
+/// `github.com/x/y.py`: a URL without its scheme, not a path.
+fn looks_like_domain(rel: &str) -> bool {
+    const TLDS: &[&str] = &[
+        "com", "org", "net", "io", "dev", "rs", "ai", "co", "uk", "de", "edu", "gov", "app", "me",
+        "info", "sh", "gg", "xyz", "us", "eu", "fr", "jp", "cn", "ru", "in", "so", "to", "ly",
+    ];
+    let Some((first, rest)) = rel.split_once('/') else {
+        return false;
+    };
+    if rest.is_empty() {
+        return false;
+    }
+    match first.rsplit_once('.') {
+        Some((host, tld)) => !host.is_empty() && TLDS.contains(&tld.to_ascii_lowercase().as_str()),
+        None => false,
+    }
 }
 
 /// `C:/…` (after cleaning).

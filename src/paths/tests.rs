@@ -219,10 +219,36 @@ fn ambiguous_far_and_short_names_are_only_flagged() {
     ));
     // `io.rs` is one edit from `os.rs`, but too short to call it a typo.
     assert!(matches!(prose(&scope, "src/io.rs"), Verdict::Flag { .. }));
+    // A URL without its scheme is not a path.
+    assert_eq!(
+        prose(&scope, "github.com/acme/shop/blob/main/src/mian.rs"),
+        Verdict::Keep
+    );
     // Not a file the workspace could have (no such extension): not a path at all.
     assert_eq!(
         scope.decide("flask.sansio", false, Ref::Prose { quoted: false }),
         Verdict::Keep
+    );
+}
+
+#[test]
+fn a_bare_word_is_a_path_only_when_a_file_has_exactly_that_name() {
+    let tree = TempTree::new(&["lib/node.js", "src/code.js", "deep/setup.py"]);
+    let (scope, _) = fixer(&tree).scope(None);
+    let bare = |raw| scope.decide(raw, false, Ref::Prose { quoted: false });
+    // "Node.js" the runtime: no case fix into lib/node.js, no typo fix into code.js.
+    assert_eq!(bare("Node.js"), Verdict::Keep);
+    assert_eq!(bare("Code.js"), Verdict::Keep);
+    assert_eq!(bare("mode.js"), Verdict::Keep);
+    // A file with exactly that name elsewhere: the missing directory is added.
+    assert_eq!(
+        fixed(bare("setup.py")).map(|f| f.0),
+        Some("deep/setup.py".to_string())
+    );
+    // In backticks the same words are paths, fixed or flagged.
+    assert_eq!(
+        fixed(prose(&scope, "Node.js")).map(|f| f.0),
+        Some("lib/node.js".to_string())
     );
 }
 
@@ -368,9 +394,15 @@ fn tool_arguments_fix_path_keys_and_commands_but_never_contents_or_creations() {
     assert_eq!(shadow["path"], "src/mian.rs");
     // Creating a file one edit from an existing one: never touched.
     for (tool, value) in [
-        ("write_file", json!({"path": "src/mainn.rs", "content": "x"})),
+        (
+            "write_file",
+            json!({"path": "src/mainn.rs", "content": "x"}),
+        ),
         ("create_file", json!({"file_path": "src/mainn.rs"})),
-        ("str_replace_editor", json!({"command": "create", "path": "src/mainn.rs"})),
+        (
+            "str_replace_editor",
+            json!({"command": "create", "path": "src/mainn.rs"}),
+        ),
         ("run_shell", json!({"command": "touch src/mainn.rs"})),
         ("run_shell", json!({"command": "echo x > src/mainn.rs"})),
     ] {
