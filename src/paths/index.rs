@@ -194,7 +194,32 @@ impl std::fmt::Debug for RootIndex {
     }
 }
 
+/// The indexes alive in this process, by canonical root and file limit: a rule reload (any
+/// rule file saved) reuses them instead of walking and watching the tree again.
+static SHARED: std::sync::Mutex<Vec<((PathBuf, usize), std::sync::Weak<RootIndex>)>> =
+    std::sync::Mutex::new(Vec::new());
+
 impl RootIndex {
+    /// The index of `root`: the one already alive for it, or a new one ([`RootIndex::open`]).
+    pub fn shared(written: &str, root: &Path, limit: usize) -> Result<Arc<RootIndex>, String> {
+        let canonical = root
+            .canonicalize()
+            .map_err(|e| format!("root {written:?} ({}): {e}", root.display()))?;
+        let key = (canonical, limit);
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|(_, index)| index.strong_count() > 0);
+        if let Some(index) = shared
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, index)| index.upgrade())
+        {
+            return Ok(index);
+        }
+        let index = Arc::new(RootIndex::open(written, &key.0, limit)?);
+        shared.push((key, Arc::downgrade(&index)));
+        Ok(index)
+    }
+
     /// Indexes `root` and starts watching it. A root that is missing, not a directory or
     /// unreadable is an error (the rule is refused; the last good rules stay live).
     pub fn open(written: &str, root: &Path, limit: usize) -> Result<RootIndex, String> {

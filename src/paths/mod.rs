@@ -124,7 +124,7 @@ impl PathFixer {
                     .map_err(|e| format!("root {written:?}: {e}"))?
                     .join(expanded)
             };
-            indexes.push(Arc::new(RootIndex::open(written, &absolute, limit)?));
+            indexes.push(RootIndex::shared(written, &absolute, limit)?);
             written_roots.push(absolute);
         }
         Ok(PathFixer {

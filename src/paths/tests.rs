@@ -424,3 +424,16 @@ fn a_bare_division_slash_in_prose_is_cleaned() {
         Some(("src/main.rs".to_string(), "unicode"))
     );
 }
+
+#[test]
+fn a_rebuilt_rule_set_reuses_the_live_index_of_a_root() {
+    let tree = TempTree::new(&["src/main.rs"]);
+    let first = index::RootIndex::shared("a", tree.path(), 100).unwrap();
+    let again = index::RootIndex::shared("b", tree.path(), 100).unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    drop((first, again));
+    // Once nothing holds it, the next rule set indexes the tree afresh.
+    std::fs::write(tree.path().join("src/lib.rs"), "").unwrap();
+    let fresh = index::RootIndex::shared("a", tree.path(), 100).unwrap();
+    assert_eq!(fresh.load().len(), 2);
+}
