@@ -5,23 +5,29 @@
 //! of the path corpus (`tests/fixtures/paths/ripgrep.txt` and `flask.txt`, 473 paths)
 //! replicated under generated prefixes — `svcNNN/`, `svcNNN/third_party/<project>/` and
 //! `svcNNN/pkgs/<project>-vK/src/` in turn, ripgrep and flask alternating — until 50,000 files
-//! (the last copy cut short). So paths run from `svc004/README.md` (2 components) to 12
+//! (the last copy cut short). So paths run from `svc000/README.md` (2 components) to 12
 //! components, with the real names (`mod.rs`, `__init__.py`, `README.md` many times over).
+//!
+//! `cargo bench --bench path_fix -- lookup build stream held` runs only the parts named. The
+//! numbers and what they mean are in BENCHMARKS.md, "Path rules (issue 15)".
 //!
 //! Four measurements, in one run:
 //!
 //! 1. **Lookup**: `Scope::decide` on candidate paths of six classes (existing, misspelled,
 //!    miscased, misrooted, backslash-separated, fabricated), each call timed on its own, in
-//!    shuffled order over several passes: p50/p99/max per class and overall.
-//!    Target: ≤ 50 µs p99 per candidate.
+//!    shuffled order over several passes: p50/p99/max per class and overall, and the slowest
+//!    candidate of each class. Target: ≤ 50 µs p99 per candidate. Then again (1b) on a second
+//!    tree with the same copies under word-named top directories (`billing-api/`, …), since
+//!    the `svcNNN` siblings are all within an edit or two of each other.
 //! 2. **Index build** (`IndexData::build` on the tree, page cache warm): min/median of several
 //!    builds, and the peak of live bytes allocated during one build (instrumented allocator,
 //!    peakmem-alloc), plus the bytes the finished index keeps. Target: ≤ 1 s, ≤ 50 MB.
 //! 3. **Prose cost per chunk**: the same `/api/chat` NDJSON stream (2,000 lines of one
 //!    word-sized token of English prose, no path in it) through a `Rewriter` with (a) a replace
 //!    rule and (b) the replace rule plus a path rule on the tree; ns per chunk and the ratio
-//!    b/a (median of interleaved rounds). Also the stage alone (`Session::push`, no JSON), and
-//!    (c) a stream full of paths, for context. Target: b ≤ 1.10 × a.
+//!    b/a (median of interleaved rounds). Also the stages alone (`Session::push`, no JSON),
+//!    how many lines the rewriter rebuilt, and (c) a stream full of paths, for context, with
+//!    its references decided once each for comparison. Target: b ≤ 1.10 × a.
 //! 4. **Held back**: the recorded streams of `benches/held_back.rs`
 //!    (`tests/fixtures/recorded/*.ndjson`) with that bench's rules, with and without a path
 //!    rule: characters held after each line (median/p99/max).
@@ -161,14 +167,66 @@ fn path_list(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// How the top directories of the tree are named.
+#[derive(Clone, Copy, PartialEq)]
+enum Naming {
+    /// `svc000` … `svc211`: siblings one or two edits apart (the main tree).
+    Numbered,
+    /// `billing-api`, `auth-worker`, …: words (a second tree, for comparison).
+    Words,
+}
+
+/// The top directory of copy `i`.
+fn top_dir(naming: Naming, i: usize) -> String {
+    const AREAS: [&str; 16] = [
+        "billing",
+        "auth",
+        "search",
+        "media",
+        "ledger",
+        "notify",
+        "profile",
+        "report",
+        "gateway",
+        "catalog",
+        "orders",
+        "payments",
+        "shipping",
+        "inventory",
+        "pricing",
+        "identity",
+    ];
+    const ROLES: [&str; 14] = [
+        "", "-api", "-worker", "-web", "-core", "-jobs", "-admin", "-sync", "-cli", "-proxy",
+        "-store", "-feed", "-bot", "-ml",
+    ];
+    match naming {
+        Naming::Numbered => format!("svc{i:03}"),
+        Naming::Words => format!(
+            "{}{}{}",
+            AREAS[i % AREAS.len()],
+            ROLES[(i / AREAS.len()) % ROLES.len()],
+            if i >= AREAS.len() * ROLES.len() {
+                "-2"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
 /// 50,000 empty files: the two projects' paths, one copy after the other, under prefixes of
 /// three shapes.
-fn build_tree() -> Tree {
+fn build_tree(naming: Naming) -> Tree {
     let projects = [
         ("ripgrep", path_list("ripgrep.txt")),
         ("flask", path_list("flask.txt")),
     ];
-    let root = std::env::temp_dir().join(format!("rawrxd-path-fix-{}", std::process::id()));
+    let tag = match naming {
+        Naming::Numbered => "svc",
+        Naming::Words => "words",
+    };
+    let root = std::env::temp_dir().join(format!("rawrxd-path-fix-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let root = root.canonicalize().unwrap();
@@ -177,10 +235,11 @@ fn build_tree() -> Tree {
     let mut copy = 0;
     'copies: loop {
         let (project, list) = &projects[copy % 2];
+        let top = top_dir(naming, copy);
         let prefix = match copy % 3 {
-            0 => format!("svc{copy:03}/"),
-            1 => format!("svc{copy:03}/third_party/{project}/"),
-            _ => format!("svc{copy:03}/pkgs/{project}-v{}/src/", copy % 5),
+            0 => format!("{top}/"),
+            1 => format!("{top}/third_party/{project}/"),
+            _ => format!("{top}/pkgs/{project}-v{}/src/", copy % 5),
         };
         for path in list {
             if files.len() == TREE_FILES {
@@ -346,7 +405,7 @@ fn candidates(class: &str, tree: &Tree, rng: &mut Rng) -> Vec<String> {
                         continue;
                     }
                     let i = rng.below(parts.len() - 1);
-                    parts[i] = rng.pick(&WRONG_DIRS);
+                    parts[i] = *rng.pick(&WRONG_DIRS);
                     parts.join("/")
                 }
             },
@@ -394,9 +453,9 @@ fn verdict_kind(v: &Verdict) -> &'static str {
     }
 }
 
-fn lookup(tree: &Tree) -> Duration {
+fn lookup(tree: &Tree, label: &str) -> Duration {
     println!(
-        "== 1. lookup: Scope::decide per candidate (Ref::Prose {{ quoted: true }}, create = false)"
+        "== {label}: Scope::decide per candidate (Ref::Prose {{ quoted: true }}, create = false)"
     );
     let fixer = Arc::new(
         PathFixer::open(&[tree.root.display().to_string()], 0.8, true).expect("path fixer"),
@@ -450,14 +509,19 @@ fn lookup(tree: &Tree) -> Duration {
         black_box(scope.decide(raw, false, Ref::Prose { quoted: true }));
     }
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); CLASSES.len()];
+    // Per candidate, for the slowest ones.
+    let mut by_candidate: Vec<Vec<Duration>> = vec![Vec::new(); all.len()];
+    let mut order: Vec<usize> = (0..all.len()).collect();
     for _ in 0..PASSES {
-        rng.shuffle(&mut all);
-        for (c, raw) in &all {
+        rng.shuffle(&mut order);
+        for &i in &order {
+            let (c, raw) = &all[i];
             let started = Instant::now();
             let verdict = scope.decide(raw, false, Ref::Prose { quoted: true });
             let elapsed = started.elapsed();
             black_box(verdict);
             times[*c].push(elapsed);
+            by_candidate[i].push(elapsed);
         }
     }
     println!(
@@ -483,6 +547,38 @@ fn lookup(tree: &Tree) -> Duration {
         row(class, &mut times[c]);
     }
     let p99 = row("overall", &mut overall);
+    // The slowest candidate of each class (by its median over the passes), and its verdict.
+    for (c, class) in CLASSES.iter().enumerate() {
+        let Some((i, t)) = by_candidate
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| all[*i].0 == c)
+            .map(|(i, t)| {
+                t.sort();
+                (i, percentile(t, 0.5))
+            })
+            .max_by_key(|(_, t)| *t)
+        else {
+            continue;
+        };
+        let raw = &all[i].1;
+        let name = raw.rsplit(['/', '\\']).next().unwrap_or("").to_lowercase();
+        let same_name = tree
+            .files
+            .iter()
+            .filter(|f| f.rsplit('/').next().unwrap().to_lowercase() == name)
+            .count();
+        let verdict = scope.decide(raw, false, Ref::Prose { quoted: true });
+        println!(
+            "   slowest {class}: {} median, {raw:?} ({same_name} files named {name:?}) -> {}",
+            us(t),
+            match &verdict {
+                Verdict::Fix { text, class, .. } => format!("fix ({class}) {text}"),
+                Verdict::Flag { reason, .. } => format!("flag: {reason}"),
+                Verdict::Keep => "keep".to_string(),
+            }
+        );
+    }
     println!(
         "   target ≤ 50 µs p99 per candidate: overall p99 {} -> {}",
         us(p99),
@@ -540,7 +636,9 @@ fn index_build(tree: &Tree) {
         mb(retained),
         retained as f64 / TREE_FILES as f64
     );
-    // What loading a rule costs: canonicalize, the same build, and the recursive watcher.
+    // What loading a rule costs: canonicalize, the same build, and the recursive watcher. No
+    // other fixer on this root is alive here, so `RootIndex::shared` has nothing to reuse and
+    // each open walks and watches the tree anew.
     let mut opens = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();
@@ -621,29 +719,49 @@ fn prose_tokens() -> Vec<String> {
     out
 }
 
+/// A path reference in the text of [`path_tokens`]: where it ends, the path as decided, and
+/// whether it is quoted.
+struct Reference {
+    end: usize,
+    raw: String,
+    quoted: bool,
+}
+
 /// Sentences that name paths of the tree — existing, misspelled, miscased, misrooted,
-/// backslashed, fabricated — in backticks, bare and with `:line`.
-fn path_tokens(tree: &Tree) -> Vec<String> {
+/// backslashed, fabricated — in backticks, bare and with `:line`; and the references in
+/// them.
+fn path_tokens(tree: &Tree) -> (Vec<String>, Vec<Reference>) {
     let mut rng = Rng(0xC0FFEE);
     let mut pool = Vec::new();
     for class in CLASSES {
         pool.extend(candidates(class, tree, &mut rng).into_iter().take(50));
     }
     let mut text = String::new();
+    let mut refs = Vec::new();
     let mut out = Vec::new();
     while out.len() < STREAM_LINES {
         let (a, b, c) = (rng.pick(&pool), rng.pick(&pool), rng.pick(&pool));
         let line = 1 + rng.below(400);
-        text.push_str(&format!(
-            "Open `{a}` and look at {b}:{line}, then compare it with \"{c}\". "
-        ));
+        text.push_str(&format!("Open `{a}`"));
+        refs.push((text.len() - 1, a.clone(), true));
+        text.push_str(&format!(" and look at {b}"));
+        refs.push((text.len(), b.clone(), false));
+        text.push_str(&format!(":{line}, then compare it with \"{c}\""));
+        refs.push((text.len() - 1, c.clone(), true));
+        text.push_str(". ");
         if rng.below(4) == 0 {
             text.push_str("\n\n");
         }
         out = tokens(&text);
     }
     out.truncate(STREAM_LINES);
-    out
+    let length: usize = out.iter().map(String::len).sum();
+    let refs = refs
+        .into_iter()
+        .filter(|(end, _, _)| *end <= length)
+        .map(|(end, raw, quoted)| Reference { end, raw, quoted })
+        .collect();
+    (out, refs)
 }
 
 fn ndjson(tokens: &[String]) -> Vec<Vec<u8>> {
@@ -666,6 +784,18 @@ fn ndjson(tokens: &[String]) -> Vec<Vec<u8>> {
             .to_vec(),
     );
     lines
+}
+
+/// The message text of an NDJSON `/api/chat` stream.
+fn content(ndjson: &[u8]) -> String {
+    ndjson
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            v["message"]["content"].as_str().unwrap_or("").to_string()
+        })
+        .collect()
 }
 
 /// One stream through a fresh rewriter: (time, output, path hits).
@@ -716,7 +846,8 @@ fn streaming(tree: &Tree) -> f64 {
         Endpoint::Chat,
     );
     let prose = prose_tokens();
-    let paths = path_tokens(tree);
+    let (paths, refs) = path_tokens(tree);
+    assert!(refs.iter().all(|r| r.end <= paths.concat().len()));
     let prose_lines = ndjson(&prose);
     let path_lines = ndjson(&paths);
     let prose_text: String = prose.concat();
@@ -728,13 +859,34 @@ fn streaming(tree: &Tree) -> f64 {
         paths.concat().chars().count(),
         &paths[..12]
     );
-    // The path rule must leave prose as it is.
+    // The path rule must leave prose as it is (the text; it may cut it into other chunks).
     let (_, out_a, _) = stream(&replace, &prose_lines);
     let (_, out_b, hits_b) = stream(&with_path, &prose_lines);
-    assert_eq!(out_a, out_b, "the path rule changed prose");
+    assert!(
+        content(&out_a) == prose_text,
+        "the replace rule changed prose"
+    );
+    assert!(content(&out_b) == prose_text, "the path rule changed prose");
     assert_eq!(hits_b, 0);
     let (_, _, hits_c) = stream(&with_path, &path_lines);
-    println!("   the path rule left the prose unchanged (0 hits); on the path text it fixed or flagged {hits_c} references");
+    println!("   the path rule left the prose unchanged (0 hits); on the path text it fixed or flagged {hits_c} of {} references", refs.len());
+    // Lines the rewriter had to rebuild (parse and serialize again) rather than pass on as
+    // they came.
+    let rebuilt = |out: &[u8]| {
+        let out: Vec<&[u8]> = out.split_inclusive(|&b| b == b'\n').collect();
+        out.iter()
+            .zip(&prose_lines)
+            .filter(|(o, i)| **o != i.as_slice())
+            .count()
+            + out.len().abs_diff(prose_lines.len())
+    };
+    println!(
+        "   prose lines not passed through as they came: (a) {} of {}, (b) {} of {}",
+        rebuilt(&out_a),
+        prose_lines.len(),
+        rebuilt(&out_b),
+        prose_lines.len()
+    );
 
     // Interleaved rounds, the order rotated each round.
     type Case<'a> = (&'a str, &'a Arc<Compiled>, &'a [Vec<u8>], &'a [String]);
@@ -762,6 +914,14 @@ fn streaming(tree: &Tree) -> f64 {
     let mut session_ns = vec![Vec::new(); cases.len()];
     let mut ratio = Vec::new();
     let mut session_ratio = Vec::new();
+    // The path text's references, each decided once (as `Scope::decide` calls), for
+    // comparison with the path stage's cost on (c): how often a reference is decided again.
+    let fixer = Arc::new(
+        PathFixer::open(&[tree.root.display().to_string()], 0.8, true).expect("path fixer"),
+    );
+    let (scope, _) = fixer.scope(None);
+    let mut once = Vec::new();
+    let mut repeat = Vec::new();
     for round in 0..ROUNDS {
         let mut this = [0.0; 4];
         let mut this_session = [0.0; 4];
@@ -777,6 +937,13 @@ fn streaming(tree: &Tree) -> f64 {
         }
         ratio.push(this[1] / this[0]);
         session_ratio.push(this_session[1] / this_session[0]);
+        let started = Instant::now();
+        for r in &refs {
+            black_box(scope.decide(&r.raw, false, Ref::Prose { quoted: r.quoted }));
+        }
+        let decided = per_chunk(started.elapsed());
+        once.push(decided);
+        repeat.push((this_session[3] - this_session[2]) / decided);
     }
     println!(
         "   {:<32} {:>16} {:>16}",
@@ -789,6 +956,13 @@ fn streaming(tree: &Tree) -> f64 {
             median(session_ns[i].clone())
         );
     }
+    println!(
+        "   (c) for comparison: the {} references of the path text, each decided once = {:.0} ns per chunk; \
+         (c) Session with minus without the path rule = {:.1}x that",
+        refs.len(),
+        median(once.clone()),
+        median(repeat)
+    );
     let ratio = median(ratio);
     let session_ratio = median(session_ratio);
     println!(
@@ -910,8 +1084,14 @@ fn held_back(tree: &Tree) {
 }
 
 fn main() {
+    // `cargo bench --bench path_fix -- lookup build stream held` runs the named parts only.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let started = Instant::now();
-    let tree = build_tree();
+    let tree = build_tree(Naming::Numbered);
     let deepest = tree
         .files
         .iter()
@@ -931,8 +1111,34 @@ fn main() {
         tree.dirs,
         started.elapsed().as_secs_f64()
     );
-    lookup(&tree);
-    index_build(&tree);
-    streaming(&tree);
-    held_back(&tree);
+    if run("lookup") {
+        lookup(&tree, "1. lookup, tree of svcNNN/ copies");
+    }
+    if run("build") {
+        index_build(&tree);
+    }
+    if run("stream") {
+        streaming(&tree);
+    }
+    if run("held") {
+        held_back(&tree);
+    }
+    drop(tree);
+    if run("lookup") {
+        // The same copies under word-named top directories: how much of the lookup cost is
+        // the numbered siblings, all within two edits of each other.
+        let started = Instant::now();
+        let words = build_tree(Naming::Words);
+        println!(
+            "path_fix: second tree {} — {} files, {} directories; made in {:.1} s",
+            words.root.display(),
+            words.files.len(),
+            words.dirs,
+            started.elapsed().as_secs_f64()
+        );
+        lookup(
+            &words,
+            "1b. lookup, the same copies under word-named top directories",
+        );
+    }
 }

@@ -196,8 +196,10 @@ impl std::fmt::Debug for RootIndex {
 
 /// The indexes alive in this process, by canonical root and file limit: a rule reload (any
 /// rule file saved) reuses them instead of walking and watching the tree again.
-static SHARED: std::sync::Mutex<Vec<((PathBuf, usize), std::sync::Weak<RootIndex>)>> =
-    std::sync::Mutex::new(Vec::new());
+static SHARED: std::sync::Mutex<Vec<SharedIndex>> = std::sync::Mutex::new(Vec::new());
+
+/// (canonical root, file limit) and the index, while something holds it.
+type SharedIndex = ((PathBuf, usize), std::sync::Weak<RootIndex>);
 
 impl RootIndex {
     /// The index of `root`: the one already alive for it, or a new one ([`RootIndex::open`]).
