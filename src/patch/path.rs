@@ -13,12 +13,6 @@ use crate::paths::{Ref, Scope, Verdict};
 use super::matcher::{Found, Matcher, Scratch};
 use super::PathNote;
 
-/// Characters one of which a token must hold to be looked up (the cheap pre-filter: plain
-/// words never reach the index).
-const PATH_MARKS: [char; 8] = [
-    '/', '\\', '.', '\u{FF0F}', '\u{2215}', '\u{2044}', '\u{29F8}', '\u{FF3C}',
-];
-
 pub struct PathMatcher {
     scope: Scope,
     rule: usize,
@@ -62,7 +56,7 @@ impl PathMatcher {
         let token = &text[start..end];
         let quoted = text::quoted(text, start, end);
         // Plain words never reach the index; a quoted one may be `LICENSE-MIT`.
-        if !quoted && !token.contains(PATH_MARKS) {
+        if !quoted && !text::has_path_mark(token) {
             return None;
         }
         let core = text::core(token)?;

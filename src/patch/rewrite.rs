@@ -346,9 +346,16 @@ impl Rewriter {
                 .is_some_and(|m| m.tool_calls.is_some());
         let texts = peek.texts(self.endpoint);
         let mut edits: Vec<(&'static str, String)> = Vec::new();
+        // Where each edited text sits in the line, when it is there as written (no escapes):
+        // then the line is spliced instead of parsed and written again.
+        let mut spans: Vec<Option<(usize, usize)>> = Vec::new();
         let mut blocked = None;
         for (field, text) in ndjson_fields(self.endpoint).into_iter().zip(texts) {
             let key = (0, field);
+            let span = match &text {
+                Some(Cow::Borrowed(s)) => span_in(body, s),
+                _ => None,
+            };
             let (new, block) = match text {
                 Some(text) => {
                     let (new, block) = self.patch_field(key, &text, done);
@@ -368,6 +375,7 @@ impl Rewriter {
                 None => continue,
             };
             edits.push((field, new));
+            spans.push(span);
             if block.is_some() {
                 blocked = block;
                 break;
@@ -375,6 +383,15 @@ impl Rewriter {
         }
         if done {
             self.finished = true;
+        }
+        if !edits.is_empty() && !has_calls && blocked.is_none() && spans.iter().all(Option::is_some)
+        {
+            if let Some(line) = splice(body, &edits, &spans) {
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+                self.last_line = line;
+                return;
+            }
         }
         if edits.is_empty() && !has_calls {
             out.extend_from_slice(line);
@@ -609,6 +626,41 @@ pub fn rewrite_json_in(
     serde_json::to_vec(&Value::Object(root))
         .ok()
         .map(|bytes| (bytes, hits))
+}
+
+/// Where `part` (a slice of `whole`) starts and ends in it.
+fn span_in(whole: &[u8], part: &str) -> Option<(usize, usize)> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len() && whole.get(start..end) == Some(part.as_bytes())).then_some((start, end))
+}
+
+/// `line` with each edited text (at its span, inside its quotes) replaced by the new text,
+/// JSON-escaped. `None` when the spans overlap or are out of order.
+fn splice(
+    line: &[u8],
+    edits: &[(&'static str, String)],
+    spans: &[Option<(usize, usize)>],
+) -> Option<Vec<u8>> {
+    let mut order: Vec<(usize, usize, &str)> = spans
+        .iter()
+        .zip(edits)
+        .map(|(span, (_, new))| span.map(|(start, end)| (start, end, new.as_str())))
+        .collect::<Option<_>>()?;
+    order.sort_unstable_by_key(|&(start, _, _)| start);
+    let mut out = Vec::with_capacity(line.len() + 16);
+    let mut copied = 0;
+    for (start, end, new) in order {
+        if start < copied {
+            return None;
+        }
+        out.extend_from_slice(&line[copied..start]);
+        let quoted = serde_json::to_string(new).ok()?;
+        out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+        copied = end;
+    }
+    out.extend_from_slice(&line[copied..]);
+    Some(out)
 }
 
 /// Fixes the paths of every call in a `tool_calls` array; returns true when one changed.

@@ -26,20 +26,33 @@ pub const DEBOUNCE: Duration = Duration::from_millis(50);
 /// The longest a rebuild waits for the tree to go quiet.
 pub const MAX_DELAY: Duration = Duration::from_millis(400);
 
-/// One directory's entries: (name, is_dir).
-pub type Entries = Vec<(Box<str>, bool)>;
+/// One entry of a directory.
+#[derive(Debug)]
+pub struct Entry {
+    pub name: Box<str>,
+    /// `name` lowercased, once, for the typo walk.
+    pub lower: Box<str>,
+    pub is_dir: bool,
+}
 
 /// An immutable snapshot of the files under a root.
 #[derive(Debug, Default)]
 pub struct IndexData {
     /// Relative paths with `/` separators.
     files: Vec<Box<str>>,
+    /// The same, lowercased.
+    lower_files: Vec<Box<str>>,
     /// Lowercased relative path → file ids.
     lower: HashMap<Box<str>, Vec<u32>>,
     /// Lowercased file name → file ids.
     by_name: HashMap<Box<str>, Vec<u32>>,
+    /// Lowercased `parent/name` (the last two components) → file ids: the suffix lookup's
+    /// candidates without scanning every file of a common name.
+    by_tail: HashMap<Box<str>, Vec<u32>>,
     /// Directory (relative, `""` for the root) → its entries.
-    dirs: HashMap<Box<str>, Entries>,
+    dirs: HashMap<Box<str>, Vec<Entry>>,
+    /// Lowercased directory path → the directories with that path (case-insensitive descent).
+    lower_dirs: HashMap<Box<str>, Vec<Box<str>>>,
     /// Lowercased extensions seen (without the dot).
     exts: HashSet<Box<str>>,
     /// Set when the walk stopped at the file limit.
@@ -51,6 +64,7 @@ impl IndexData {
     pub fn build(root: &Path, limit: usize) -> IndexData {
         let mut data = IndexData::default();
         data.dirs.insert("".into(), Vec::new());
+        data.lower_dirs.insert("".into(), vec!["".into()]);
         let walker = ignore::WalkBuilder::new(root)
             .hidden(false)
             .require_git(false)
@@ -72,18 +86,23 @@ impl IndexData {
                 continue;
             };
             let Some(rel) = rel_text(rel) else { continue };
-            let (parent, name) = split_last(&rel);
-            data.dirs
-                .entry(parent.into())
-                .or_default()
-                .push((name.into(), kind.is_dir()));
-            if kind.is_dir() {
-                data.dirs.entry(rel.as_str().into()).or_default();
-                continue;
-            }
-            if data.files.len() >= limit {
+            if !kind.is_dir() && data.files.len() >= limit {
                 data.truncated = true;
                 break;
+            }
+            let (parent, name) = split_last(&rel);
+            data.dirs.entry(parent.into()).or_default().push(Entry {
+                name: name.into(),
+                lower: name.to_lowercase().into(),
+                is_dir: kind.is_dir(),
+            });
+            if kind.is_dir() {
+                data.dirs.entry(rel.as_str().into()).or_default();
+                data.lower_dirs
+                    .entry(rel.to_lowercase().into())
+                    .or_default()
+                    .push(rel.as_str().into());
+                continue;
             }
             data.add_file(&rel);
         }
@@ -93,15 +112,23 @@ impl IndexData {
     fn add_file(&mut self, rel: &str) {
         let id = self.files.len() as u32;
         let lower = rel.to_lowercase();
-        let (_, name) = split_last(&lower);
+        let (parent, name) = split_last(&lower);
         if let Some(ext) = extension(name) {
             self.exts.insert(ext.into());
         }
         self.by_name.entry(name.into()).or_default().push(id);
+        if !parent.is_empty() {
+            let tail = match parent.rfind('/') {
+                Some(i) => &lower[i + 1..],
+                None => lower.as_str(),
+            };
+            self.by_tail.entry(tail.into()).or_default().push(id);
+        }
         self.lower
             .entry(lower.as_str().into())
             .or_default()
             .push(id);
+        self.lower_files.push(lower.into());
         self.files.push(rel.into());
     }
 
@@ -117,6 +144,11 @@ impl IndexData {
         self.files.get(id as usize).map_or("", |f| f)
     }
 
+    /// The lowercased path of file `id`.
+    pub fn lower_file(&self, id: u32) -> &str {
+        self.lower_files.get(id as usize).map_or("", |f| f)
+    }
+
     /// Files whose lowercased path is `lower`.
     pub fn by_lower(&self, lower: &str) -> &[u32] {
         self.lower.get(lower).map_or(&[], Vec::as_slice)
@@ -127,9 +159,19 @@ impl IndexData {
         self.by_name.get(lower_name).map_or(&[], Vec::as_slice)
     }
 
+    /// Files whose lowercased last two components are `lower_tail` (`dir/name`).
+    pub fn by_tail(&self, lower_tail: &str) -> &[u32] {
+        self.by_tail.get(lower_tail).map_or(&[], Vec::as_slice)
+    }
+
     /// The entries of directory `dir` (relative, `""` for the root).
-    pub fn entries(&self, dir: &str) -> Option<&Entries> {
-        self.dirs.get(dir)
+    pub fn entries(&self, dir: &str) -> Option<&[Entry]> {
+        self.dirs.get(dir).map(Vec::as_slice)
+    }
+
+    /// The directories whose lowercased path is `lower`.
+    pub fn dirs_by_lower(&self, lower: &str) -> &[Box<str>] {
+        self.lower_dirs.get(lower).map_or(&[], Vec::as_slice)
     }
 
     pub fn has_dir(&self, dir: &str) -> bool {

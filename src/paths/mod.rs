@@ -95,9 +95,46 @@ pub struct Scope {
 /// The outcome of one lookup step in one target.
 struct Found {
     target: usize,
+    /// The first few candidates (at most [`KEPT_CANDIDATES`]) …
     candidates: Vec<String>,
+    /// … of this many.
+    total: usize,
     class: &'static str,
     confidence: f64,
+}
+
+/// Candidates a lookup step keeps (it counts the rest): one decides, more only get named.
+const KEPT_CANDIDATES: usize = NAMED_CANDIDATES + 1;
+
+/// What one lookup step found in one target.
+struct StepFound {
+    candidates: Vec<String>,
+    total: usize,
+    class: &'static str,
+    confidence: f64,
+}
+
+impl StepFound {
+    fn new<'a>(
+        found: impl Iterator<Item = &'a str>,
+        class: &'static str,
+        confidence: f64,
+    ) -> Option<StepFound> {
+        let mut candidates = Vec::new();
+        let mut total = 0;
+        for file in found {
+            if candidates.len() < KEPT_CANDIDATES {
+                candidates.push(file.to_string());
+            }
+            total += 1;
+        }
+        (total > 0).then_some(StepFound {
+            candidates,
+            total,
+            class,
+            confidence,
+        })
+    }
 }
 
 impl PathFixer {
@@ -342,7 +379,7 @@ impl Scope {
         };
         let several_targets = found.len() > 1;
         let first = &found[0];
-        if several_targets || first.candidates.len() > 1 {
+        if several_targets || first.total > 1 {
             let mut names: Vec<String> = found
                 .iter()
                 .flat_map(|f| {
@@ -356,7 +393,7 @@ impl Scope {
                     })
                 })
                 .collect();
-            let total = names.len();
+            let total: usize = found.iter().map(|f| f.total).sum();
             names.truncate(NAMED_CANDIDATES);
             let more = if total > names.len() {
                 format!(" and {} more", total - names.len())
@@ -543,18 +580,19 @@ fn lookup(
     snapshots: &[Arc<IndexData>],
     by_name: bool,
 ) -> Option<Vec<Found>> {
-    type Step = fn(&str, &IndexData, &str) -> Option<(Vec<String>, &'static str, f64)>;
+    type Step = fn(&str, &IndexData, &str) -> Option<StepFound>;
     let exact: Step = |rel, data, prefix| {
         let full = join(prefix, rel);
         let ids = data.by_lower(&full.to_lowercase());
         ids.iter()
             .any(|&id| data.file(id) == full)
-            .then(|| (vec![full.clone()], "cleaned", 1.0))
+            .then(|| StepFound::new([full.as_str()].into_iter(), "cleaned", 1.0))
+            .flatten()
     };
     let case: Step = |rel, data, prefix| {
         let full = join(prefix, rel);
-        let found = files(data, data.by_lower(&full.to_lowercase()));
-        (!found.is_empty()).then_some((found, "case", 0.95))
+        let ids = data.by_lower(&full.to_lowercase());
+        StepFound::new(ids.iter().map(|&id| data.file(id)), "case", 0.95)
     };
     let yaml: Step = |rel, data, prefix| {
         let lower = join(prefix, rel).to_lowercase();
@@ -562,8 +600,8 @@ fn lookup(
         let ext = extension(name)?;
         let other = swap_yaml(ext)?;
         let swapped = format!("{}{other}", &lower[..lower.len() - ext.len()]);
-        let found = files(data, data.by_lower(&swapped));
-        (!found.is_empty()).then_some((found, "extension", 0.95))
+        let ids = data.by_lower(&swapped);
+        StepFound::new(ids.iter().map(|&id| data.file(id)), "extension", 0.95)
     };
     let suffix: Step = |rel, data, prefix| suffix_step(rel, data, prefix, false);
     let typo: Step = |rel, data, prefix| typo_step(rel, data, prefix);
@@ -582,7 +620,7 @@ fn lookup(
             .zip(snapshots)
             .enumerate()
             .filter_map(|(i, (target, data))| {
-                let (candidates, class, confidence) = step(rel, data, &target.prefix)?;
+                let step = step(rel, data, &target.prefix)?;
                 let class = if n == 0 {
                     if cleaned.unicode {
                         "unicode"
@@ -590,13 +628,14 @@ fn lookup(
                         "separator"
                     }
                 } else {
-                    class
+                    step.class
                 };
                 Some(Found {
                     target: i,
-                    candidates,
+                    candidates: step.candidates,
+                    total: step.total,
                     class,
-                    confidence,
+                    confidence: step.confidence,
                 })
             })
             .collect();
@@ -615,55 +654,41 @@ fn join(prefix: &str, rel: &str) -> String {
     }
 }
 
-fn files(data: &IndexData, ids: &[u32]) -> Vec<String> {
-    ids.iter().map(|&id| data.file(id).to_string()).collect()
-}
-
 /// A missing, extra or wrong leading directory: the files ending with the path, else with
 /// the path minus its first component(s) — while at least a directory and the file name are
 /// left, or (`name_only`) the file name alone.
-fn suffix_step(
-    rel: &str,
-    data: &IndexData,
-    prefix: &str,
-    name_only: bool,
-) -> Option<(Vec<String>, &'static str, f64)> {
+fn suffix_step(rel: &str, data: &IndexData, prefix: &str, name_only: bool) -> Option<StepFound> {
     let lower = rel.to_lowercase();
     let parts: Vec<&str> = lower.split('/').collect();
-    let name = parts.last()?;
-    let named = data.by_name(name);
-    if named.is_empty() {
-        return None;
-    }
-    // Each file with that name once: (its path, lowercased and relative to the workspace).
-    let dir_prefix = format!("{prefix}/");
-    let files: Vec<(&str, String)> = named
-        .iter()
-        .map(|&id| data.file(id))
-        .filter_map(|f| {
-            let inner = if prefix.is_empty() {
-                f
-            } else {
-                f.strip_prefix(&dir_prefix)?
-            };
-            Some((f, inner.to_lowercase()))
-        })
-        .collect();
-    for k in 0..parts.len() {
-        if name_only != (parts.len() - k == 1) {
+    let n = parts.len();
+    let under = format!("{}/", prefix.to_lowercase());
+    let inner = |id: u32| -> Option<&str> {
+        let file = data.lower_file(id);
+        if prefix.is_empty() {
+            Some(file)
+        } else {
+            file.strip_prefix(under.as_str())
+        }
+    };
+    for k in 0..n {
+        if name_only != (n - k == 1) {
             continue;
         }
         let tail = parts[k..].join("/");
         let ending = format!("/{tail}");
-        let found: Vec<String> = files
-            .iter()
-            .filter(|(_, inner)| (k > 0 && *inner == tail) || inner.ends_with(&ending))
-            .map(|(f, _)| f.to_string())
-            .collect();
-        if !found.is_empty() {
-            let confidence = if parts.len() - k >= 2 { 0.9 } else { 0.85 };
-            let class = if k == 0 { "missing_dir" } else { "wrong_dir" };
-            return Some((found, class, confidence));
+        // Candidates by their last two components (or by name for the name alone).
+        let ids = if n - k >= 2 {
+            data.by_tail(&parts[n - 2..].join("/"))
+        } else {
+            data.by_name(parts[n - 1])
+        };
+        let matching = ids.iter().filter(|&&id| {
+            inner(id).is_some_and(|inner| (k > 0 && inner == tail) || inner.ends_with(&ending))
+        });
+        let confidence = if n - k >= 2 { 0.9 } else { 0.85 };
+        let class = if k == 0 { "missing_dir" } else { "wrong_dir" };
+        if let Some(found) = StepFound::new(matching.map(|&id| data.file(id)), class, confidence) {
+            return Some(found);
         }
     }
     None
@@ -683,53 +708,120 @@ fn edits_allowed(component: &str) -> usize {
     }
 }
 
-/// One or two edits (case ignored), by path component from the workspace down: the files at
-/// the smallest distance.
-fn typo_step(
-    rel: &str,
-    data: &IndexData,
-    prefix: &str,
-) -> Option<(Vec<String>, &'static str, f64)> {
+/// One or two edits (case ignored), by path component from the workspace down, at most one
+/// of them in directory names: the files at the smallest distance. Tried with one edit first,
+/// then two; a walk with no edit left looks the rest of the path up instead of scanning.
+fn typo_step(rel: &str, data: &IndexData, prefix: &str) -> Option<StepFound> {
     let parts: Vec<String> = rel.split('/').map(str::to_lowercase).collect();
-    let mut best: Option<usize> = None;
-    let mut found: Vec<String> = Vec::new();
-    // (directory, component index, edits so far)
-    let mut frontier = vec![(prefix.to_string(), 0usize, 0usize)];
-    while let Some((dir, i, cost)) = frontier.pop() {
-        let Some(entries) = data.entries(&dir) else {
-            continue;
+    for budget in 1..=MAX_EDITS {
+        let mut walk = TypoWalk {
+            data,
+            parts: &parts,
+            budget,
+            best: None,
+            found: Vec::new(),
+            total: 0,
         };
+        walk.visit(prefix, &prefix.to_lowercase(), 0, 0);
+        if let Some(best) = walk.best {
+            let confidence = if best == 1 { 0.9 } else { 0.85 };
+            return Some(StepFound {
+                candidates: walk.found,
+                total: walk.total,
+                class: "typo",
+                confidence,
+            });
+        }
+    }
+    None
+}
+
+/// One typo walk with a fixed edit budget.
+struct TypoWalk<'a> {
+    data: &'a IndexData,
+    parts: &'a [String],
+    budget: usize,
+    best: Option<usize>,
+    found: Vec<String>,
+    total: usize,
+}
+
+impl TypoWalk<'_> {
+    /// Component `i` in directory `dir` (`lower`: the same, lowercased), `cost` edits spent
+    /// (`in_dirs` of them in directory names).
+    fn visit(&mut self, dir: &str, lower: &str, i: usize, cost: usize) {
+        let data = self.data;
+        let parts = self.parts;
         let last = i + 1 == parts.len();
         let want = &parts[i];
-        let budget = (MAX_EDITS - cost).min(edits_allowed(want));
-        for (name, is_dir) in entries {
-            if *is_dir == last {
-                continue;
-            }
-            let lower_name = name.to_lowercase();
-            let Some(d) = text::distance(want, &lower_name, budget) else {
-                continue;
-            };
-            let path = join(&dir, name);
-            let total = cost + d;
-            if last {
-                if total == 0 {
-                    continue; // an exact match would have been found by an earlier step
+        let remaining = self.budget - cost;
+        if remaining == 0 {
+            // Nothing left to spend: look the rest of the path up.
+            if cost > 0 {
+                let full = join(lower, &parts[i..].join("/"));
+                for &id in data.by_lower(&full) {
+                    self.add(data.file(id), cost);
                 }
-                match best {
-                    Some(b) if total > b => {}
-                    Some(b) if total == b => found.push(path),
-                    _ => {
-                        best = Some(total);
-                        found = vec![path];
+            }
+            return;
+        }
+        let mut allowed = remaining.min(edits_allowed(want));
+        if !last {
+            // At most one edit in all the directory names (`cost` so far is all theirs).
+            allowed = allowed.min(1usize.saturating_sub(cost));
+        }
+        if allowed == 0 {
+            // This component must match (ignoring case): look it up.
+            let exact = join(lower, want);
+            if last {
+                if cost > 0 {
+                    for &id in data.by_lower(&exact) {
+                        self.add(data.file(id), cost);
                     }
                 }
             } else {
-                frontier.push((path, i + 1, total));
+                for child in data.dirs_by_lower(&exact) {
+                    self.visit(child, &exact, i + 1, cost);
+                }
+            }
+            return;
+        }
+        let Some(entries) = data.entries(dir) else {
+            return;
+        };
+        for entry in entries {
+            if entry.is_dir == last {
+                continue;
+            }
+            let Some(d) = text::distance(want, &entry.lower, allowed) else {
+                continue;
+            };
+            let total = cost + d;
+            if last {
+                if total > 0 {
+                    self.add(&join(dir, &entry.name), total);
+                }
+            } else {
+                let child = join(dir, &entry.name);
+                let child_lower = join(lower, &entry.lower);
+                self.visit(&child, &child_lower, i + 1, total);
             }
         }
     }
-    let best = best?;
-    let confidence = if best == 1 { 0.9 } else { 0.85 };
-    Some((found, "typo", confidence))
+
+    fn add(&mut self, file: &str, cost: usize) {
+        match self.best {
+            Some(best) if cost > best => return,
+            Some(best) if cost == best => {}
+            _ => {
+                self.best = Some(cost);
+                self.found.clear();
+                self.total = 0;
+            }
+        }
+        if self.found.len() < KEPT_CANDIDATES {
+            self.found.push(file.to_string());
+        }
+        self.total += 1;
+    }
 }

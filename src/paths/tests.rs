@@ -129,6 +129,18 @@ fn distance_is_bounded_levenshtein() {
     assert_eq!(distance("serach", "search", 2), Some(1));
     assert_eq!(distance("kitten", "sitting", 3), Some(3));
     assert_eq!(distance("", "ab", 2), Some(2));
+    // The ASCII path and the general one agree.
+    for (a, b) in [
+        ("paths.rs", "psath.rs"),
+        ("abc", "cab"),
+        ("ca", "abc"),
+        ("config", "cnofig"),
+    ] {
+        let ascii = distance(a, b, 3);
+        let wide = distance(&format!("{a}é"), &format!("{b}é"), 3);
+        assert_eq!(ascii, wide, "{a} {b}");
+    }
+    assert_eq!(distance("ѕrc", "src", 2), Some(1));
     assert_eq!(distance("comands", "commands", 2), Some(1));
     assert_eq!(distance("abc", "xyz", 2), None);
 }

@@ -76,7 +76,23 @@ fn path_char_at(text: &str, i: usize, eof: bool) -> Option<bool> {
 
 /// Whether a token can start at `at` (a path char whose predecessor is not one).
 pub fn is_token_start(text: &str, at: usize) -> bool {
-    if !text.is_char_boundary(at) || at >= text.len() {
+    let bytes = text.as_bytes();
+    let Some(&here) = bytes.get(at) else {
+        return false;
+    };
+    // ASCII fast path: most text is ASCII, and most positions are inside a word or on a
+    // space.
+    if here.is_ascii() {
+        if !is_plain(here as char) {
+            return false;
+        }
+        match at.checked_sub(1).map(|p| bytes[p]) {
+            None => return true,
+            Some(prev) if prev.is_ascii() => return !is_plain(prev as char),
+            Some(_) => {}
+        }
+    }
+    if !text.is_char_boundary(at) {
         return false;
     }
     let Some(c) = text[at..].chars().next() else {
@@ -122,6 +138,13 @@ pub fn next_token(text: &str, from: usize, eof: bool) -> Option<(usize, Option<u
         at += text[at..].chars().next().map_or(1, char::len_utf8);
     }
     None
+}
+
+/// Whether a token holds a separator, a dot or a look-alike slash (the cheap pre-filter:
+/// plain words never reach the index).
+pub fn has_path_mark(token: &str) -> bool {
+    token.bytes().any(|b| matches!(b, b'/' | b'\\' | b'.'))
+        || (!token.is_ascii() && token.chars().any(is_slash))
 }
 
 /// The part of a token that is looked up: `token[start..end]`, and the end of the
@@ -347,10 +370,55 @@ pub fn quoted(text: &str, start: usize, end: usize) -> bool {
     text[..start].ends_with("](") && after == Some(')')
 }
 
+/// Longest ASCII name [`distance_ascii`] handles with rows on the stack.
+const ASCII_MAX: usize = 64;
+
+/// [`distance`] for ASCII text, `b` shorter than [`ASCII_MAX`]: no allocation.
+fn distance_ascii(a: &[u8], b: &[u8], max: usize) -> Option<usize> {
+    if a.len().abs_diff(b.len()) > max {
+        return None;
+    }
+    // Rows i-2, i-1 and i, in turn.
+    let mut rows = [[0usize; ASCII_MAX + 1]; 3];
+    for (j, cell) in rows[0].iter_mut().enumerate().take(b.len() + 1) {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        let [r0, r1, r2] = &mut rows;
+        let (two_back, prev, row) = match i % 3 {
+            1 => (&*r2, &*r0, r1),
+            2 => (&*r0, &*r1, r2),
+            _ => (&*r1, &*r2, r0),
+        };
+        row[0] = i;
+        let mut best = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (prev[j - 1] + cost).min(prev[j] + 1).min(row[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(two_back[j - 2] + 1);
+            }
+            row[j] = d;
+            best = best.min(d);
+        }
+        if best > max {
+            return None;
+        }
+    }
+    let d = rows[a.len() % 3][b.len()];
+    (d <= max).then_some(d)
+}
+
 /// Edit distance between `a` and `b` (by char: insertions, deletions, substitutions and
 /// swaps of two neighbours each count one — optimal string alignment), or `None` when above
 /// `max`.
 pub fn distance(a: &str, b: &str, max: usize) -> Option<usize> {
+    if a.len().abs_diff(b.len()) > max * 4 {
+        return None; // even in 4-byte chars, too many to insert
+    }
+    if a.is_ascii() && b.is_ascii() && b.len() < ASCII_MAX {
+        return distance_ascii(a.as_bytes(), b.as_bytes(), max);
+    }
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     if a.len().abs_diff(b.len()) > max {
