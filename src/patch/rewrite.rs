@@ -719,12 +719,23 @@ fn fix_arguments_value(tools: &ToolFixer, name: &str, arguments: &mut Value) -> 
     }
 }
 
+/// An optional string borrowed from the line when it has no escapes (serde's own `Cow`
+/// inside an `Option` always copies).
+fn borrowed<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    let text: Option<Text<'de>> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(text.map(|t| t.0))
+}
+
 /// The fields of an NDJSON line the rewriter needs, borrowed from the line.
 #[derive(serde::Deserialize)]
 struct Peek<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     response: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     thinking: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     message: Option<PeekMessage<'a>>,
@@ -736,9 +747,9 @@ struct Peek<'a> {
 
 #[derive(serde::Deserialize)]
 struct PeekMessage<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     thinking: Option<Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<serde::de::IgnoredAny>,

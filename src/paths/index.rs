@@ -3,10 +3,11 @@
 //! followed), kept fresh by a file watcher.
 //!
 //! The index is an immutable [`IndexData`] behind an [`ArcSwap`]: a lookup loads the current
-//! one and never waits. A watcher event under a directory the walk visited schedules a rebuild
-//! (debounced by [`DEBOUNCE`]); the new data is swapped in whole, so a lookup sees either the
-//! old tree or the new one. Events inside ignored directories (`target/`, `node_modules/`) are
-//! not under a visited directory and cost nothing.
+//! one and never waits. Each directory the walk visited is watched (not recursively: ignored
+//! trees such as `target/` or `node_modules/` cost no inotify watch and wake nothing); an
+//! event there schedules a rebuild (debounced by [`DEBOUNCE`]), which also watches the new
+//! directories it finds; the new data is swapped in whole, so a lookup sees either the old
+//! tree or the new one.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -222,7 +223,7 @@ pub struct RootIndex {
     pub root: PathBuf,
     data: Arc<ArcSwap<IndexData>>,
     /// Dropping it stops the watcher and, with it, the rebuild thread.
-    _watcher: Option<RecommendedWatcher>,
+    _watcher: Option<Arc<std::sync::Mutex<RecommendedWatcher>>>,
     /// Why the index is incomplete (file limit, no watcher), for health.
     pub warnings: Vec<String>,
 }
@@ -283,7 +284,14 @@ impl RootIndex {
         }
         let data = Arc::new(ArcSwap::from_pointee(data));
         let watcher = match watch(&root, &data, limit) {
-            Ok(watcher) => Some(watcher),
+            Ok((watcher, 0)) => Some(watcher),
+            Ok((watcher, failed)) => {
+                warnings.push(format!(
+                    "root {written:?}: {failed} directories could not be watched (inotify \
+                     limit?); files created in them are found at the next change elsewhere"
+                ));
+                Some(watcher)
+            }
             Err(e) => {
                 warnings.push(format!(
                     "root {written:?} is not watched ({e}); files created later are not indexed"
@@ -309,12 +317,40 @@ impl RootIndex {
     }
 }
 
+/// A watcher, shared with the rebuild thread (which adds the directories it finds).
+type SharedWatcher = Arc<std::sync::Mutex<RecommendedWatcher>>;
+
+/// Watches each directory of `data` that `old` did not have (one watch per directory the
+/// walk visited: ignored trees such as `target/` or `node_modules/` cost no watch). Returns
+/// how many could not be watched.
+fn watch_dirs(
+    watcher: &SharedWatcher,
+    root: &Path,
+    data: &IndexData,
+    old: Option<&IndexData>,
+) -> usize {
+    let mut watcher = watcher.lock().unwrap_or_else(|e| e.into_inner());
+    let mut failed = 0;
+    for dir in data.dirs.keys() {
+        if old.is_some_and(|old| old.has_dir(dir)) {
+            continue;
+        }
+        if watcher
+            .watch(&root.join(&**dir), RecursiveMode::NonRecursive)
+            .is_err()
+        {
+            failed += 1;
+        }
+    }
+    failed
+}
+
 /// Starts the watcher and the thread that rebuilds the index after changes.
 fn watch(
     root: &Path,
     data: &Arc<ArcSwap<IndexData>>,
     limit: usize,
-) -> Result<RecommendedWatcher, notify::Error> {
+) -> Result<(SharedWatcher, usize), notify::Error> {
     let (tx, rx) = mpsc::channel::<()>();
     let events_root = root.to_path_buf();
     let events_data = data.clone();
@@ -342,21 +378,32 @@ fn watch(
             let _ = tx.send(());
         }
     })?;
-    watcher.watch(root, RecursiveMode::Recursive)?;
+    watcher.watch(root, RecursiveMode::NonRecursive)?;
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
+    let failed = watch_dirs(&watcher, root, &data.load(), None);
     let root = root.to_path_buf();
     let data = data.clone();
+    // The thread holds the watcher weakly: dropping the index drops the watcher, whose
+    // handler holds the sender, so `recv` fails and the thread ends.
+    let weak = Arc::downgrade(&watcher);
     std::thread::Builder::new()
         .name("rawrxd-path-index".into())
         .spawn(move || {
-            // Ends when the watcher (holding the sender) is dropped.
             while rx.recv().is_ok() {
                 // Debounce: wait until the tree has been quiet for a moment (but never
                 // longer than MAX_DELAY, so a file written non-stop cannot starve the index).
                 let deadline = Instant::now() + MAX_DELAY;
                 while Instant::now() < deadline && rx.recv_timeout(DEBOUNCE).is_ok() {}
-                data.store(Arc::new(IndexData::build(&root, limit)));
+                let fresh = Arc::new(IndexData::build(&root, limit));
+                let old = data.swap(fresh.clone());
+                match weak.upgrade() {
+                    Some(watcher) => {
+                        watch_dirs(&watcher, &root, &fresh, Some(&old));
+                    }
+                    None => break,
+                }
             }
         })
         .map_err(|e| notify::Error::generic(&e.to_string()))?;
-    Ok(watcher)
+    Ok((watcher, failed))
 }

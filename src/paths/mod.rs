@@ -682,6 +682,17 @@ fn suffix_step(rel: &str, data: &IndexData, prefix: &str, name_only: bool) -> Op
         } else {
             data.by_name(parts[n - 1])
         };
+        if n - k == 1 && prefix.is_empty() {
+            // The name alone, in the whole root: every file of that name, counted at once.
+            let kept = ids.iter().take(KEPT_CANDIDATES).map(|&id| data.file(id));
+            if let Some(mut found) =
+                StepFound::new(kept, if k == 0 { "missing_dir" } else { "wrong_dir" }, 0.85)
+            {
+                found.total = ids.len();
+                return Some(found);
+            }
+            continue;
+        }
         let matching = ids.iter().filter(|&&id| {
             inner(id).is_some_and(|inner| (k > 0 && inner == tail) || inner.ends_with(&ending))
         });

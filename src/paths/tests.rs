@@ -449,3 +449,65 @@ fn a_rebuilt_rule_set_reuses_the_live_index_of_a_root() {
     let fresh = index::RootIndex::shared("a", tree.path(), 100).unwrap();
     assert_eq!(fresh.load().len(), 2);
 }
+
+#[test]
+fn a_file_in_a_new_directory_is_found_and_that_directory_watched() {
+    let tree = TempTree::new(&["src/main.rs"]);
+    let fixer = fixer(&tree);
+    let (scope, _) = fixer.scope(None);
+    let wait_for = |raw: &str, want: &str| {
+        let started = Instant::now();
+        loop {
+            if fixed(prose(&scope, raw)).is_some_and(|(text, _)| text == want) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{want} not indexed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::fs::create_dir_all(tree.path().join("src/net")).unwrap();
+    std::fs::write(tree.path().join("src/net/socket.rs"), "").unwrap();
+    wait_for("src/net/Socket.rs", "src/net/socket.rs");
+    // The new directory is watched now: a later file in it is found too.
+    std::fs::write(tree.path().join("src/net/frame.rs"), "").unwrap();
+    wait_for("src/net/Frame.rs", "src/net/frame.rs");
+}
+
+/// Optimal string alignment distance, the plain way (the reference for `distance`).
+fn osa(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j - 1] + cost)
+                .min(d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+proptest::proptest! {
+    #[test]
+    fn distance_agrees_with_the_plain_computation(
+        a in "[abc./_]{0,12}",
+        b in "[abc./_]{0,12}",
+        max in 0usize..4,
+    ) {
+        let want = osa(&a, &b);
+        proptest::prop_assert_eq!(distance(&a, &b, max), (want <= max).then_some(want));
+    }
+}

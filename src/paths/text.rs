@@ -378,9 +378,11 @@ fn distance_ascii(a: &[u8], b: &[u8], max: usize) -> Option<usize> {
     if a.len().abs_diff(b.len()) > max {
         return None;
     }
-    // Rows i-2, i-1 and i, in turn.
-    let mut rows = [[0usize; ASCII_MAX + 1]; 3];
-    for (j, cell) in rows[0].iter_mut().enumerate().take(b.len() + 1) {
+    // Rows i-2, i-1 and i, in turn. Only the band |i - j| <= max matters (a cell outside it
+    // is more than `max` edits away); cells just outside the band hold `max + 1`.
+    let far = max + 1;
+    let mut rows = [[far; ASCII_MAX + 1]; 3];
+    for (j, cell) in rows[0].iter_mut().enumerate().take(b.len().min(max) + 1) {
         *cell = j;
     }
     for i in 1..=a.len() {
@@ -390,14 +392,23 @@ fn distance_ascii(a: &[u8], b: &[u8], max: usize) -> Option<usize> {
             2 => (&*r0, &*r1, r2),
             _ => (&*r1, &*r2, r0),
         };
-        row[0] = i;
-        let mut best = i;
-        for j in 1..=b.len() {
+        let from = i.saturating_sub(max).max(1);
+        let to = (i + max).min(b.len());
+        row[0] = if i <= max { i } else { far };
+        if from > 1 {
+            row[from - 1] = far;
+        }
+        if to < b.len() {
+            row[to + 1] = far;
+        }
+        let mut best = row[0];
+        for j in from..=to {
             let cost = usize::from(a[i - 1] != b[j - 1]);
             let mut d = (prev[j - 1] + cost).min(prev[j] + 1).min(row[j - 1] + 1);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d = d.min(two_back[j - 2] + 1);
             }
+            let d = d.min(far);
             row[j] = d;
             best = best.min(d);
         }
