@@ -670,39 +670,53 @@ fn suffix_step(rel: &str, data: &IndexData, prefix: &str, name_only: bool) -> Op
             file.strip_prefix(under.as_str())
         }
     };
-    for k in 0..n {
-        if name_only != (n - k == 1) {
-            continue;
-        }
-        let tail = parts[k..].join("/");
-        let ending = format!("/{tail}");
-        // Candidates by their last two components (or by name for the name alone).
-        let ids = if n - k >= 2 {
-            data.by_tail(&parts[n - 2..].join("/"))
-        } else {
-            data.by_name(parts[n - 1])
-        };
-        if n - k == 1 && prefix.is_empty() {
+    if name_only {
+        let ids = data.by_name(parts[n - 1]);
+        let class = if n == 1 { "missing_dir" } else { "wrong_dir" };
+        if prefix.is_empty() {
             // The name alone, in the whole root: every file of that name, counted at once.
             let kept = ids.iter().take(KEPT_CANDIDATES).map(|&id| data.file(id));
-            if let Some(mut found) =
-                StepFound::new(kept, if k == 0 { "missing_dir" } else { "wrong_dir" }, 0.85)
-            {
-                found.total = ids.len();
-                return Some(found);
-            }
-            continue;
-        }
-        let matching = ids.iter().filter(|&&id| {
-            inner(id).is_some_and(|inner| (k > 0 && inner == tail) || inner.ends_with(&ending))
-        });
-        let confidence = if n - k >= 2 { 0.9 } else { 0.85 };
-        let class = if k == 0 { "missing_dir" } else { "wrong_dir" };
-        if let Some(found) = StepFound::new(matching.map(|&id| data.file(id)), class, confidence) {
+            let mut found = StepFound::new(kept, class, 0.85)?;
+            found.total = ids.len();
             return Some(found);
         }
+        let matching = ids.iter().filter(|&&id| inner(id).is_some());
+        return StepFound::new(matching.map(|&id| data.file(id)), class, 0.85);
     }
-    None
+    if n < 2 {
+        return None;
+    }
+    // One pass over the files sharing the last two components: the deciding level is the
+    // longest suffix (in components) any of them shares with the path.
+    let mut best = 0;
+    let mut matching: Vec<u32> = Vec::new();
+    for &id in data.by_tail(&parts[n - 2..].join("/")) {
+        let Some(inner) = inner(id) else { continue };
+        let shared = inner
+            .rsplit('/')
+            .zip(parts.iter().rev())
+            .take_while(|(a, b)| a == *b)
+            .count();
+        // The whole path shared, and nothing more: that is the path itself (case step).
+        if shared == n && inner.len() == lower.len() {
+            continue;
+        }
+        match shared.cmp(&best) {
+            std::cmp::Ordering::Greater => {
+                best = shared;
+                matching.clear();
+                matching.push(id);
+            }
+            std::cmp::Ordering::Equal => matching.push(id),
+            std::cmp::Ordering::Less => {}
+        }
+    }
+    if best < 2 {
+        return None;
+    }
+    let k = n - best;
+    let class = if k == 0 { "missing_dir" } else { "wrong_dir" };
+    StepFound::new(matching.iter().map(|&id| data.file(id)), class, 0.9)
 }
 
 /// How many edits a typo in this component may undo: none in a short name (`io.rs` is not a
@@ -720,34 +734,31 @@ fn edits_allowed(component: &str) -> usize {
 }
 
 /// One or two edits (case ignored), by path component from the workspace down, at most one
-/// of them in directory names: the files at the smallest distance. Tried with one edit first,
-/// then two; a walk with no edit left looks the rest of the path up instead of scanning.
+/// of them in directory names: the files at the smallest distance. The walk never spends more
+/// edits than the best match found so far, and with no edit left it looks the rest of the
+/// path up instead of scanning.
 fn typo_step(rel: &str, data: &IndexData, prefix: &str) -> Option<StepFound> {
     let parts: Vec<String> = rel.split('/').map(str::to_lowercase).collect();
-    for budget in 1..=MAX_EDITS {
-        let mut walk = TypoWalk {
-            data,
-            parts: &parts,
-            budget,
-            best: None,
-            found: Vec::new(),
-            total: 0,
-        };
-        walk.visit(prefix, &prefix.to_lowercase(), 0, 0);
-        if let Some(best) = walk.best {
-            let confidence = if best == 1 { 0.9 } else { 0.85 };
-            return Some(StepFound {
-                candidates: walk.found,
-                total: walk.total,
-                class: "typo",
-                confidence,
-            });
-        }
-    }
-    None
+    let mut walk = TypoWalk {
+        data,
+        parts: &parts,
+        budget: MAX_EDITS,
+        best: None,
+        found: Vec::new(),
+        total: 0,
+    };
+    walk.visit(prefix, &prefix.to_lowercase(), 0, 0);
+    let best = walk.best?;
+    let confidence = if best == 1 { 0.9 } else { 0.85 };
+    Some(StepFound {
+        candidates: walk.found,
+        total: walk.total,
+        class: "typo",
+        confidence,
+    })
 }
 
-/// One typo walk with a fixed edit budget.
+/// One typo walk: at most `budget` edits, and never more than the best found so far.
 struct TypoWalk<'a> {
     data: &'a IndexData,
     parts: &'a [String],
@@ -765,7 +776,7 @@ impl TypoWalk<'_> {
         let parts = self.parts;
         let last = i + 1 == parts.len();
         let want = &parts[i];
-        let remaining = self.budget - cost;
+        let remaining = self.best.unwrap_or(self.budget).saturating_sub(cost);
         if remaining == 0 {
             // Nothing left to spend: look the rest of the path up.
             if cost > 0 {
