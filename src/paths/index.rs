@@ -36,6 +36,53 @@ pub struct Entry {
     pub is_dir: bool,
 }
 
+/// FNV-1a: the index's maps hold keys made from the workspace's own file names, so a fast,
+/// unkeyed hash is enough; model text only looks keys up, it never inserts one, so it cannot
+/// lengthen a probe chain.
+#[derive(Clone, Copy, Default)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
+/// Builds [`Fnv`] hashers.
+pub type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+
+/// A map with [`Fnv`] hashing.
+pub type FastMap<K, V> = HashMap<K, V, FnvBuild>;
+
+/// File ids under one key: most suffixes belong to one file, which needs no allocation.
+#[derive(Debug)]
+enum Ids {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Ids {
+    fn push(&mut self, id: u32) {
+        match self {
+            Ids::One(first) => *self = Ids::Many(vec![*first, id]),
+            Ids::Many(ids) => ids.push(id),
+        }
+    }
+}
+
 /// An immutable snapshot of the files under a root.
 #[derive(Debug, Default)]
 pub struct IndexData {
@@ -44,16 +91,17 @@ pub struct IndexData {
     /// The same, lowercased.
     lower_files: Vec<Box<str>>,
     /// Lowercased relative path → file ids.
-    lower: HashMap<Box<str>, Vec<u32>>,
+    lower: FastMap<Box<str>, Vec<u32>>,
     /// Lowercased file name → file ids.
-    by_name: HashMap<Box<str>, Vec<u32>>,
-    /// Lowercased `parent/name` (the last two components) → file ids: the suffix lookup's
-    /// candidates without scanning every file of a common name.
-    by_tail: HashMap<Box<str>, Vec<u32>>,
+    by_name: FastMap<Box<str>, Vec<u32>>,
+    /// Hash of a lowercased proper suffix of two or more components (`src/lib.rs` of
+    /// `crates/x/src/lib.rs`) → the files ending with it: the suffix lookup without touching
+    /// every file of a common name.
+    by_suffix: FastMap<u64, Ids>,
     /// Directory (relative, `""` for the root) → its entries.
-    dirs: HashMap<Box<str>, Vec<Entry>>,
+    dirs: FastMap<Box<str>, Vec<Entry>>,
     /// Lowercased directory path → the directories with that path (case-insensitive descent).
-    lower_dirs: HashMap<Box<str>, Vec<Box<str>>>,
+    lower_dirs: FastMap<Box<str>, Vec<Box<str>>>,
     /// Lowercased extensions seen (without the dot).
     exts: HashSet<Box<str>>,
     /// Set when the walk stopped at the file limit.
@@ -118,12 +166,18 @@ impl IndexData {
             self.exts.insert(ext.into());
         }
         self.by_name.entry(name.into()).or_default().push(id);
+        // Proper suffixes of two or more components: start after each '/' but the last.
         if !parent.is_empty() {
-            let tail = match parent.rfind('/') {
-                Some(i) => &lower[i + 1..],
-                None => lower.as_str(),
-            };
-            self.by_tail.entry(tail.into()).or_default().push(id);
+            let cuts: Vec<usize> = lower.match_indices('/').map(|(i, _)| i).collect();
+            for &cut in &cuts[..cuts.len() - 1] {
+                let key = self.suffix_key(&lower[cut + 1..]);
+                match self.by_suffix.entry(key) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(Ids::One(id));
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(id),
+                }
+            }
         }
         self.lower
             .entry(lower.as_str().into())
@@ -160,9 +214,23 @@ impl IndexData {
         self.by_name.get(lower_name).map_or(&[], Vec::as_slice)
     }
 
-    /// Files whose lowercased last two components are `lower_tail` (`dir/name`).
-    pub fn by_tail(&self, lower_tail: &str) -> &[u32] {
-        self.by_tail.get(lower_tail).map_or(&[], Vec::as_slice)
+    fn suffix_key(&self, lower_suffix: &str) -> u64 {
+        use std::hash::BuildHasher;
+        // A different start than the maps' own hashing of these keys.
+        let mut hasher = FnvBuild::default().build_hasher();
+        std::hash::Hasher::write_u8(&mut hasher, 0x5f);
+        std::hash::Hasher::write(&mut hasher, lower_suffix.as_bytes());
+        std::hash::Hasher::finish(&hasher)
+    }
+
+    /// Files whose lowercased path ends with `/lower_suffix` (two or more components), by
+    /// hash: check each against the suffix before trusting it.
+    pub fn by_suffix(&self, lower_suffix: &str) -> &[u32] {
+        match self.by_suffix.get(&self.suffix_key(lower_suffix)) {
+            Some(Ids::One(id)) => std::slice::from_ref(id),
+            Some(Ids::Many(ids)) => ids,
+            None => &[],
+        }
     }
 
     /// The entries of directory `dir` (relative, `""` for the root).

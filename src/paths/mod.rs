@@ -683,40 +683,41 @@ fn suffix_step(rel: &str, data: &IndexData, prefix: &str, name_only: bool) -> Op
         let matching = ids.iter().filter(|&&id| inner(id).is_some());
         return StepFound::new(matching.map(|&id| data.file(id)), class, 0.85);
     }
-    if n < 2 {
-        return None;
-    }
-    // One pass over the files sharing the last two components: the deciding level is the
-    // longest suffix (in components) any of them shares with the path.
-    let mut best = 0;
-    let mut matching: Vec<u32> = Vec::new();
-    for &id in data.by_tail(&parts[n - 2..].join("/")) {
-        let Some(inner) = inner(id) else { continue };
-        let shared = inner
-            .rsplit('/')
-            .zip(parts.iter().rev())
-            .take_while(|(a, b)| a == *b)
-            .count();
-        // The whole path shared, and nothing more: that is the path itself (case step).
-        if shared == n && inner.len() == lower.len() {
-            continue;
-        }
-        match shared.cmp(&best) {
-            std::cmp::Ordering::Greater => {
-                best = shared;
-                matching.clear();
-                matching.push(id);
+    // The longest suffix (of two or more components) some file ends with decides.
+    for k in 0..n.saturating_sub(1) {
+        let tail = parts[k..].join("/");
+        let ending = format!("/{tail}");
+        let longer = data.by_suffix(&tail);
+        // With a leading directory dropped, a file may also be the rest itself.
+        let equal = if k > 0 { data.by_lower(&tail) } else { &[] };
+        let ids = || longer.iter().chain(equal).copied();
+        let valid = |id: &u32| {
+            inner(*id).is_some_and(|inner| (k > 0 && inner == tail) || inner.ends_with(&ending))
+        };
+        let class = if k == 0 { "missing_dir" } else { "wrong_dir" };
+        let total = longer.len() + equal.len();
+        if prefix.is_empty() && total > 0 {
+            // Every id is a match (bar a hash collision): check the few kept, count the rest.
+            let kept: Vec<String> = ids()
+                .take(KEPT_CANDIDATES)
+                .filter(valid)
+                .map(|id| data.file(id).to_string())
+                .collect();
+            if kept.len() == total.min(KEPT_CANDIDATES) {
+                return Some(StepFound {
+                    candidates: kept,
+                    total,
+                    class,
+                    confidence: 0.9,
+                });
             }
-            std::cmp::Ordering::Equal => matching.push(id),
-            std::cmp::Ordering::Less => {}
+        }
+        let matching = ids().filter(valid).collect::<Vec<u32>>();
+        if let Some(found) = StepFound::new(matching.iter().map(|&id| data.file(id)), class, 0.9) {
+            return Some(found);
         }
     }
-    if best < 2 {
-        return None;
-    }
-    let k = n - best;
-    let class = if k == 0 { "missing_dir" } else { "wrong_dir" };
-    StepFound::new(matching.iter().map(|&id| data.file(id)), class, 0.9)
+    None
 }
 
 /// How many edits a typo in this component may undo: none in a short name (`io.rs` is not a
@@ -739,6 +740,11 @@ fn edits_allowed(component: &str) -> usize {
 /// path up instead of scanning.
 fn typo_step(rel: &str, data: &IndexData, prefix: &str) -> Option<StepFound> {
     let parts: Vec<String> = rel.split('/').map(str::to_lowercase).collect();
+    let name = parts.last()?;
+    if edits_allowed(name) == 0 && data.by_name(name).is_empty() {
+        // The name itself may not change and no file has it: no walk can end anywhere.
+        return None;
+    }
     let mut walk = TypoWalk {
         data,
         parts: &parts,
