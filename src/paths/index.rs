@@ -34,6 +34,8 @@ pub struct Entry {
     /// `name` lowercased, once, for the typo walk.
     pub lower: Box<str>,
     pub is_dir: bool,
+    /// The directory's id, or the file's.
+    pub id: u32,
 }
 
 /// FNV-1a: the index's maps hold keys made from the workspace's own file names, so a fast,
@@ -83,6 +85,32 @@ impl Ids {
     }
 }
 
+/// The ids under a key (none when absent).
+fn ids(found: Option<&Ids>) -> &[u32] {
+    match found {
+        Some(Ids::One(id)) => std::slice::from_ref(id),
+        Some(Ids::Many(ids)) => ids,
+        None => &[],
+    }
+}
+
+fn push_id<K: std::hash::Hash + Eq>(map: &mut FastMap<K, Ids>, key: K, id: u32) {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(Ids::One(id));
+        }
+        std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(id),
+    }
+}
+
+/// The key of a lowercased name in the child maps.
+pub fn name_hash(lower_name: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = FnvBuild::default().build_hasher();
+    hasher.write(lower_name.as_bytes());
+    hasher.finish()
+}
+
 /// An immutable snapshot of the files under a root.
 #[derive(Debug, Default)]
 pub struct IndexData {
@@ -98,10 +126,15 @@ pub struct IndexData {
     /// `crates/x/src/lib.rs`) → the files ending with it: the suffix lookup without touching
     /// every file of a common name.
     by_suffix: FastMap<u64, Ids>,
-    /// Directory (relative, `""` for the root) → its entries.
-    dirs: FastMap<Box<str>, Vec<Entry>>,
-    /// Lowercased directory path → the directories with that path (case-insensitive descent).
-    lower_dirs: FastMap<Box<str>, Vec<Box<str>>>,
+    /// Directory (relative, `""` for the root, id 0) → its id.
+    dirs: FastMap<Box<str>, u32>,
+    /// By directory id: its path and its entries.
+    dir_paths: Vec<Box<str>>,
+    dir_entries: Vec<Vec<Entry>>,
+    /// (directory id, hash of a lowercased name) → the subdirectories / files of that name
+    /// (case-insensitive descent without building paths).
+    child_dirs: FastMap<(u32, u64), Ids>,
+    child_files: FastMap<(u32, u64), Ids>,
     /// Lowercased extensions seen (without the dot).
     exts: HashSet<Box<str>>,
     /// Set when the walk stopped at the file limit.
@@ -112,8 +145,9 @@ impl IndexData {
     /// Walks `root` (at most `limit` files).
     pub fn build(root: &Path, limit: usize) -> IndexData {
         let mut data = IndexData::default();
-        data.dirs.insert("".into(), Vec::new());
-        data.lower_dirs.insert("".into(), vec!["".into()]);
+        data.dirs.insert("".into(), 0);
+        data.dir_paths.push("".into());
+        data.dir_entries.push(Vec::new());
         let walker = ignore::WalkBuilder::new(root)
             .hidden(false)
             .require_git(false)
@@ -140,20 +174,31 @@ impl IndexData {
                 break;
             }
             let (parent, name) = split_last(&rel);
-            data.dirs.entry(parent.into()).or_default().push(Entry {
-                name: name.into(),
-                lower: name.to_lowercase().into(),
-                is_dir: kind.is_dir(),
-            });
-            if kind.is_dir() {
-                data.dirs.entry(rel.as_str().into()).or_default();
-                data.lower_dirs
-                    .entry(rel.to_lowercase().into())
-                    .or_default()
-                    .push(rel.as_str().into());
+            // The walk yields a directory before what is in it.
+            let Some(&parent_id) = data.dirs.get(parent) else {
                 continue;
-            }
-            data.add_file(&rel);
+            };
+            let lower: Box<str> = name.to_lowercase().into();
+            let key = (parent_id, name_hash(&lower));
+            let id = if kind.is_dir() {
+                let id = data.dir_paths.len() as u32;
+                data.dirs.insert(rel.as_str().into(), id);
+                data.dir_paths.push(rel.as_str().into());
+                data.dir_entries.push(Vec::new());
+                push_id(&mut data.child_dirs, key, id);
+                id
+            } else {
+                let id = data.files.len() as u32;
+                push_id(&mut data.child_files, key, id);
+                data.add_file(&rel);
+                id
+            };
+            data.dir_entries[parent_id as usize].push(Entry {
+                name: name.into(),
+                lower,
+                is_dir: kind.is_dir(),
+                id,
+            });
         }
         data
     }
@@ -171,12 +216,7 @@ impl IndexData {
             let cuts: Vec<usize> = lower.match_indices('/').map(|(i, _)| i).collect();
             for &cut in &cuts[..cuts.len() - 1] {
                 let key = self.suffix_key(&lower[cut + 1..]);
-                match self.by_suffix.entry(key) {
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(Ids::One(id));
-                    }
-                    std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(id),
-                }
+                push_id(&mut self.by_suffix, key, id);
             }
         }
         self.lower
@@ -226,21 +266,32 @@ impl IndexData {
     /// Files whose lowercased path ends with `/lower_suffix` (two or more components), by
     /// hash: check each against the suffix before trusting it.
     pub fn by_suffix(&self, lower_suffix: &str) -> &[u32] {
-        match self.by_suffix.get(&self.suffix_key(lower_suffix)) {
-            Some(Ids::One(id)) => std::slice::from_ref(id),
-            Some(Ids::Many(ids)) => ids,
-            None => &[],
-        }
+        ids(self.by_suffix.get(&self.suffix_key(lower_suffix)))
     }
 
-    /// The entries of directory `dir` (relative, `""` for the root).
-    pub fn entries(&self, dir: &str) -> Option<&[Entry]> {
-        self.dirs.get(dir).map(Vec::as_slice)
+    /// The id of directory `dir` (relative, `""` for the root).
+    pub fn dir_id(&self, dir: &str) -> Option<u32> {
+        self.dirs.get(dir).copied()
     }
 
-    /// The directories whose lowercased path is `lower`.
-    pub fn dirs_by_lower(&self, lower: &str) -> &[Box<str>] {
-        self.lower_dirs.get(lower).map_or(&[], Vec::as_slice)
+    /// The path of directory `id`.
+    pub fn dir_path(&self, id: u32) -> &str {
+        self.dir_paths.get(id as usize).map_or("", |p| p)
+    }
+
+    /// The entries of directory `id`.
+    pub fn entries(&self, id: u32) -> &[Entry] {
+        self.dir_entries.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The subdirectories of `dir` whose lowercased name hashes to `name` ([`name_hash`]).
+    pub fn child_dirs(&self, dir: u32, name: u64) -> &[u32] {
+        ids(self.child_dirs.get(&(dir, name)))
+    }
+
+    /// The files in `dir` whose lowercased name hashes to `name` ([`name_hash`]).
+    pub fn child_files(&self, dir: u32, name: u64) -> &[u32] {
+        ids(self.child_files.get(&(dir, name)))
     }
 
     pub fn has_dir(&self, dir: &str) -> bool {

@@ -745,79 +745,85 @@ fn typo_step(rel: &str, data: &IndexData, prefix: &str) -> Option<StepFound> {
         // The name itself may not change and no file has it: no walk can end anywhere.
         return None;
     }
+    let hashes: Vec<u64> = parts.iter().map(|p| index::name_hash(p)).collect();
+    let start = data.dir_id(prefix)?;
     let mut walk = TypoWalk {
         data,
         parts: &parts,
+        hashes: &hashes,
         budget: MAX_EDITS,
         best: None,
         found: Vec::new(),
         total: 0,
     };
-    walk.visit(prefix, &prefix.to_lowercase(), 0, 0);
+    walk.visit(start, 0, 0);
     let best = walk.best?;
     let confidence = if best == 1 { 0.9 } else { 0.85 };
     Some(StepFound {
-        candidates: walk.found,
+        candidates: walk
+            .found
+            .iter()
+            .map(|&id| data.file(id).to_string())
+            .collect(),
         total: walk.total,
         class: "typo",
         confidence,
     })
 }
 
+/// The last component of a path, lowercased.
+fn last_lower(path: &str) -> String {
+    split_last(path).1.to_lowercase()
+}
+
 /// One typo walk: at most `budget` edits, and never more than the best found so far.
 struct TypoWalk<'a> {
     data: &'a IndexData,
     parts: &'a [String],
+    /// [`index::name_hash`] of each part.
+    hashes: &'a [u64],
     budget: usize,
     best: Option<usize>,
-    found: Vec<String>,
+    /// File ids (the first few) at the best distance …
+    found: Vec<u32>,
+    /// … of this many.
     total: usize,
 }
 
 impl TypoWalk<'_> {
-    /// Component `i` in directory `dir` (`lower`: the same, lowercased), `cost` edits spent
-    /// (`in_dirs` of them in directory names).
-    fn visit(&mut self, dir: &str, lower: &str, i: usize, cost: usize) {
+    /// Component `i` in directory `dir`, `cost` edits spent (all of them in directory names).
+    fn visit(&mut self, dir: u32, i: usize, cost: usize) {
         let data = self.data;
         let parts = self.parts;
         let last = i + 1 == parts.len();
         let want = &parts[i];
         let remaining = self.best.unwrap_or(self.budget).saturating_sub(cost);
-        if remaining == 0 {
-            // Nothing left to spend: look the rest of the path up.
-            if cost > 0 {
-                let full = join(lower, &parts[i..].join("/"));
-                for &id in data.by_lower(&full) {
-                    self.add(data.file(id), cost);
-                }
-            }
-            return;
-        }
         let mut allowed = remaining.min(edits_allowed(want));
         if !last {
             // At most one edit in all the directory names (`cost` so far is all theirs).
             allowed = allowed.min(1usize.saturating_sub(cost));
         }
         if allowed == 0 {
-            // This component must match (ignoring case): look it up.
-            let exact = join(lower, want);
+            // This component must match (ignoring case): look it up, no scan.
             if last {
                 if cost > 0 {
-                    for &id in data.by_lower(&exact) {
-                        self.add(data.file(id), cost);
+                    for &id in data.child_files(dir, self.hashes[i]) {
+                        if last_lower(data.file(id)) == *want {
+                            self.add(id, cost);
+                        }
                     }
                 }
             } else {
-                for child in data.dirs_by_lower(&exact) {
-                    self.visit(child, &exact, i + 1, cost);
+                for &child in data.child_dirs(dir, self.hashes[i]) {
+                    // A hash names a key, not a proof: check the name.
+                    if last_lower(data.dir_path(child)) == *want {
+                        self.visit(child, i + 1, cost);
+                    }
                 }
             }
             return;
         }
-        let Some(entries) = data.entries(dir) else {
-            return;
-        };
-        for entry in entries {
+        for entry in data.entries(dir) {
             if entry.is_dir == last {
                 continue;
             }
@@ -827,17 +833,15 @@ impl TypoWalk<'_> {
             let total = cost + d;
             if last {
                 if total > 0 {
-                    self.add(&join(dir, &entry.name), total);
+                    self.add(entry.id, total);
                 }
             } else {
-                let child = join(dir, &entry.name);
-                let child_lower = join(lower, &entry.lower);
-                self.visit(&child, &child_lower, i + 1, total);
+                self.visit(entry.id, i + 1, total);
             }
         }
     }
 
-    fn add(&mut self, file: &str, cost: usize) {
+    fn add(&mut self, file: u32, cost: usize) {
         match self.best {
             Some(best) if cost > best => return,
             Some(best) if cost == best => {}
@@ -848,7 +852,7 @@ impl TypoWalk<'_> {
             }
         }
         if self.found.len() < KEPT_CANDIDATES {
-            self.found.push(file.to_string());
+            self.found.push(file);
         }
         self.total += 1;
     }
