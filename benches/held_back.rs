@@ -16,39 +16,8 @@ use rawrxd::patch::rewrite::{Format, Rewriter};
 use rawrxd::patch::Pipeline;
 use rawrxd::rules::{load_dir, parse_file, Endpoint};
 
-const EXTRA_RULES: &str = r#"
-[[rule]]
-id = "no-confidential"
-kind = "replace"
-find = "confidential"
-replace = "[redacted]"
-
-[[rule]]
-id = "as-an-ai"
-kind = "replace"
-find = "As an AI language model"
-replace = "I"
-case_insensitive = true
-
-[[rule]]
-id = "mian"
-kind = "replace"
-find = "src/mian.rs"
-replace = "src/main.rs"
-
-[[rule]]
-id = "rm-rf"
-kind = "block"
-find = "rm -rf /"
-message = "[blocked]"
-
-[[rule]]
-id = "versions"
-kind = "regex"
-pattern = '\bv(\d{1,3})\.(\d{1,3})\b'
-replace = "version $1.$2"
-max_len = 16
-"#;
+/// The extra rules, shared with `benches/path_fix.rs`.
+const EXTRA_RULES: &str = include_str!("../tests/fixtures/held_back_rules.toml");
 
 fn percentile(sorted: &[usize], p: f64) -> usize {
     if sorted.is_empty() {

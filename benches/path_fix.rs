@@ -67,39 +67,7 @@ const REPLACE_RULE: &str =
     "[[rule]]\nid = \"r\"\nkind = \"replace\"\nfind = \"confidential\"\nreplace = \"[redacted]\"\n";
 
 /// The extra rules of `benches/held_back.rs` (kept the same, so its figures compare).
-const HELD_BACK_RULES: &str = r#"
-[[rule]]
-id = "no-confidential"
-kind = "replace"
-find = "confidential"
-replace = "[redacted]"
-
-[[rule]]
-id = "as-an-ai"
-kind = "replace"
-find = "As an AI language model"
-replace = "I"
-case_insensitive = true
-
-[[rule]]
-id = "mian"
-kind = "replace"
-find = "src/mian.rs"
-replace = "src/main.rs"
-
-[[rule]]
-id = "rm-rf"
-kind = "block"
-find = "rm -rf /"
-message = "[blocked]"
-
-[[rule]]
-id = "versions"
-kind = "regex"
-pattern = '\bv(\d{1,3})\.(\d{1,3})\b'
-replace = "version $1.$2"
-max_len = 16
-"#;
+const HELD_BACK_RULES: &str = include_str!("../tests/fixtures/held_back_rules.toml");
 
 /// Ordinary English prose without a file path in it (the text of measurement 3).
 const PROSE: &str = "The meeting ran long, but most of the time went into the question of how \

@@ -106,6 +106,11 @@ fn substitute(value: &Value, root: &str) -> Value {
     }
 }
 
+/// A rewriter for one item, in its project's workspace.
+fn rewriter(c: &Corpus, ctx: &Context, endpoint: Endpoint, format: Format) -> Rewriter {
+    Rewriter::in_context(c.compiled.clone(), endpoint, format, ctx.clone())
+}
+
 /// Runs NDJSON or SSE bytes through a rewriter in random pieces.
 fn run(rewriter: &mut Rewriter, bytes: &str, rng: &mut Rng) -> String {
     let mut out = Vec::new();
@@ -131,12 +136,7 @@ fn prose(c: &Corpus, ctx: &Context, text: &str, rng: &mut Rng) -> (String, Vec<H
     }
     ndjson.push_str(r#"{"model":"m","message":{"role":"assistant","content":""},"done":true}"#);
     ndjson.push('\n');
-    let mut rewriter = Rewriter::in_context(
-        c.compiled.clone(),
-        Endpoint::Chat,
-        Format::Ndjson,
-        ctx.clone(),
-    );
+    let mut rewriter = rewriter(c, ctx, Endpoint::Chat, Format::Ndjson);
     let out = run(&mut rewriter, &ndjson, rng);
     let hits = rewriter.take_hits();
     let mut text = String::new();
@@ -156,12 +156,7 @@ fn ollama_tool(c: &Corpus, ctx: &Context, call: &Value, rng: &mut Rng) -> (Value
         "{line}\n{}\n",
         r#"{"model":"m","message":{"role":"assistant","content":""},"done":true}"#
     );
-    let mut rewriter = Rewriter::in_context(
-        c.compiled.clone(),
-        Endpoint::Chat,
-        Format::Ndjson,
-        ctx.clone(),
-    );
+    let mut rewriter = rewriter(c, ctx, Endpoint::Chat, Format::Ndjson);
     let out = run(&mut rewriter, &ndjson, rng);
     let hits = rewriter.take_hits();
     let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
@@ -194,12 +189,7 @@ fn openai_tool(c: &Corpus, ctx: &Context, call: &Value, rng: &mut Rng) -> (Value
     }
     sse.push_str(&chunk(json!({}), json!("tool_calls")));
     sse.push_str("data: [DONE]\n\n");
-    let mut rewriter = Rewriter::in_context(
-        c.compiled.clone(),
-        Endpoint::OpenaiChat,
-        Format::Sse,
-        ctx.clone(),
-    );
+    let mut rewriter = rewriter(c, ctx, Endpoint::OpenaiChat, Format::Sse);
     let out = run(&mut rewriter, &sse, rng);
     let hits = rewriter.take_hits();
     let mut name = Value::Null;

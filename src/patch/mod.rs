@@ -120,7 +120,25 @@ pub struct PathNote {
 /// What a request brings that rules may use: the workspace (`x-rawrxd-workspace`).
 #[derive(Debug, Clone, Default)]
 pub struct Context {
+    /// Canonical (see [`Context::for_workspace`]); path rules refuse anything else.
     pub workspace: Option<String>,
+}
+
+impl Context {
+    /// The context of a request naming `workspace`: canonicalized here, once per request
+    /// (symlinks and `..` resolved before any rule compares it with its roots). A directory
+    /// that does not resolve is kept as written, and so refused by every path rule unless it
+    /// is already a plain absolute path inside a root.
+    pub fn for_workspace(workspace: Option<String>) -> Context {
+        let workspace = workspace.map(|raw| {
+            std::path::Path::new(&raw)
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.to_str().map(str::to_string))
+                .unwrap_or(raw)
+        });
+        Context { workspace }
+    }
 }
 
 enum StageMatcher {

@@ -194,8 +194,8 @@ impl PathFixer {
         self.roots.iter().map(|r| r.load().len()).sum()
     }
 
-    /// A scope for one request. `workspace` (from `x-rawrxd-workspace`) is honoured only when
-    /// it is one of the roots or inside one; otherwise it is ignored (and `false` returned
+    /// A scope for one request. `workspace` (from `x-rawrxd-workspace`, canonical) is honoured
+    /// only when it is one of the roots or inside one; otherwise it is ignored (and `false` returned
     /// with the scope, for the caller to log).
     pub fn scope(self: &Arc<Self>, workspace: Option<&str>) -> (Scope, bool) {
         let Some(workspace) = workspace else {
@@ -207,7 +207,14 @@ impl PathFixer {
                 true,
             );
         };
-        let target = Path::new(workspace).canonicalize().ok().and_then(|dir| {
+        // The caller canonicalized it once per request (`patch::Context::for_workspace`); a
+        // path that is not absolute and plain (`..`, `.`) is refused, never resolved here.
+        let dir = Path::new(workspace);
+        let plain = dir.is_absolute()
+            && dir
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        let target = plain.then_some(dir).and_then(|dir| {
             self.roots.iter().enumerate().find_map(|(i, r)| {
                 let rel = dir.strip_prefix(&r.root).ok()?;
                 let prefix = rel.to_str()?.replace('\\', "/");

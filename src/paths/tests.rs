@@ -297,6 +297,9 @@ fn two_roots_make_a_match_in_both_ambiguous_unless_a_workspace_is_named() {
     // A workspace outside every root is ignored.
     let (_, honoured) = fixer.scope(Some("/etc"));
     assert!(!honoured);
+    // Not canonical: `..` is refused, never resolved (the request canonicalizes first).
+    let (_, honoured) = fixer.scope(Some(&format!("{}/src/../..", a.root())));
+    assert!(!honoured);
     // A workspace inside a root: relative paths are relative to it.
     let (scope, honoured) = fixer.scope(Some(&format!("{}/src", a.root())));
     assert!(honoured);

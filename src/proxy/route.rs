@@ -234,7 +234,8 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
                 .pipeline
                 .select(&model, Some(endpoint))
                 .map(|compiled| {
-                    if let Some(workspace) = &workspace {
+                    let context = Context::for_workspace(workspace);
+                    if let Some(workspace) = &context.workspace {
                         if compiled.has_path_rules() && !compiled.honours_workspace(workspace) {
                             tracing::warn!(
                                 "{WORKSPACE_HEADER}: {workspace:?} is not one of the path rules' \
@@ -246,7 +247,7 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
                         compiled,
                         endpoint,
                         model: Arc::from(model),
-                        context: Context { workspace },
+                        context,
                     }
                 });
             let body = Full::new(bytes)
