@@ -67,6 +67,14 @@ pub trait Matcher: Send + Sync {
         None
     }
 
+    /// A shortcut through plain text, not at the end of the stream: `Some(p)` when no match
+    /// starts in `text[from..p]`, no position there is live, and `p` is live (or the end of
+    /// the text). The stage then releases `text[from..p]` and holds the rest without calling
+    /// [`Matcher::find_in`] or [`Matcher::live_at`]. `None`: take the general way.
+    fn quick(&self, _text: &str, _from: usize) -> Option<usize> {
+        None
+    }
+
     /// Could appending text create or change a match starting at `at`?
     fn live_at(&self, scratch: &mut Scratch, text: &str, at: usize) -> bool;
 

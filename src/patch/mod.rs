@@ -25,6 +25,7 @@
 //!
 //! May use: `rules`. Used by `audit`, `live`, `proxy`, `app`.
 
+mod delay;
 pub mod matcher;
 mod path;
 pub mod rewrite;

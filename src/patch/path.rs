@@ -61,6 +61,10 @@ impl PathMatcher {
         }
         let core = text::core(token)?;
         let raw = &token[core.start..core.end];
+        // Sentence punctuation is no path mark: an unquoted `long.` or `Note:` is a word.
+        if !quoted && !text::has_path_mark(raw) {
+            return None;
+        }
         let (after, settled) = text::sentence_after(&text[end..], eof);
         let create = text::create_intent(&text[..start]) || text::create_intent_after(after);
         match self.verdict(raw, create, quoted) {
@@ -116,6 +120,10 @@ impl Matcher for PathMatcher {
         None
     }
 
+    fn quick(&self, text: &str, from: usize) -> Option<usize> {
+        text::plain_run(text, from)
+    }
+
     fn live_at(&self, _scratch: &mut Scratch, text: &str, at: usize) -> bool {
         let Some(start) = Self::token_start(text, at) else {
             return false;
@@ -166,5 +174,94 @@ impl Matcher for PathMatcher {
             },
             Verdict::Keep => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::paths::PathFixer;
+
+    /// A path matcher on a small tree whose names are also prose words (`long`, `notes`).
+    fn matcher() -> (PathMatcher, std::path::PathBuf) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rawrxd-quick-{}-{n}", std::process::id()));
+        for file in ["src/main.rs", "docs/long", "notes", "Makefile", "README.md"] {
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "").unwrap();
+        }
+        let dir = dir.canonicalize().unwrap();
+        let fixer =
+            Arc::new(PathFixer::open(&[dir.display().to_string()], 0.8, true).expect("fixer"));
+        let (scope, _) = fixer.scope(None);
+        (PathMatcher::new(scope, 0), dir)
+    }
+
+    /// Words, paths of the tree and near misses, and the punctuation around them.
+    const PIECES: &[&str] = &[
+        "main.rs",
+        "main",
+        ".rs",
+        "long",
+        "long.",
+        "notes",
+        "Notes:",
+        "README.md",
+        "readme.md",
+        "src/main.rs",
+        "src/mian.rs",
+        "Makefile",
+        "docs/long",
+        " ",
+        " ",
+        "\n",
+        ",",
+        ".",
+        ":",
+        "?",
+        "e.g",
+        "(",
+        ")",
+        "'",
+        "`",
+        "\"",
+        "é",
+        "-",
+        "12",
+        "create a new file ",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+        /// The shortcut through plain prose keeps the matcher's contract: wherever it answers,
+        /// no match starts and nothing is live before its answer, and its answer is live (or
+        /// the end).
+        #[test]
+        fn quick_agrees_with_the_general_way(text in prop_oneof![
+            "[a-zA-Z .,:?!;`'/()\n_-]{0,40}|[a-z .,:?\né]{0,24}",
+            proptest::collection::vec(proptest::sample::select(PIECES), 0..14).prop_map(|p| p.concat()),
+        ]) {
+            let (m, dir) = matcher();
+            let mut scratch = m.scratch();
+            for from in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let Some(p) = m.quick(&text, from) else { continue };
+                prop_assert!(p >= from && p <= text.len());
+                if let Some(found) = m.find_in(&text, from, false) {
+                    prop_assert!(found.start >= p, "{text:?} from {from}: match at {} before {p}", found.start);
+                }
+                for at in (from..p).filter(|&i| text.is_char_boundary(i)) {
+                    prop_assert!(!m.live_at(&mut scratch, &text, at), "{text:?}: live at {at} before {p}");
+                }
+                prop_assert!(p == text.len() || m.live_at(&mut scratch, &text, p), "{text:?}: {p} not live");
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

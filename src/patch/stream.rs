@@ -119,6 +119,14 @@ impl StageStream {
 
     fn advance(&mut self, eof: bool, out: &mut String, decided: &mut Vec<Decided>) {
         let mut cursor = self.start;
+        if !eof {
+            if let Some(live) = self.matcher.quick(&self.buf, cursor) {
+                out.push_str(&self.buf[cursor..live]);
+                self.start = live;
+                self.frontier = self.frontier.max(live);
+                return;
+            }
+        }
         loop {
             let found = self.matcher.find_in(&self.buf, cursor, eof);
             if !eof {

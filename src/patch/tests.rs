@@ -254,7 +254,7 @@ fn utf8_is_never_split() {
     assert_eq!(out, "cafe crème brûlee");
 }
 
-fn alphabet_text() -> impl Strategy<Value = String> {
+pub(crate) fn alphabet_text() -> impl Strategy<Value = String> {
     proptest::collection::vec(
         prop_oneof![
             Just("a"),
@@ -279,7 +279,7 @@ fn literal() -> impl Strategy<Value = String> {
     .prop_map(|chars| chars.into_iter().collect())
 }
 
-fn rule_set() -> impl Strategy<Value = Vec<Rule>> {
+pub(crate) fn rule_set() -> impl Strategy<Value = Vec<Rule>> {
     let one = prop_oneof![
         (literal(), "[A-Z]{0,3}", any::<bool>(), any::<bool>()).prop_map(|(find, to, ci, ww)| {
             rule(

@@ -147,6 +147,68 @@ pub fn has_path_mark(token: &str) -> bool {
         || (!token.is_ascii() && token.chars().any(is_slash))
 }
 
+/// The quick way through plain prose (see [`crate::patch::matcher::Matcher::quick`]): from
+/// `from`, which must not be inside a token, words of ASCII letters, digits, `_` and `-` —
+/// with sentence punctuation (`.` `:` `?`) at their end only — between spaces, newlines,
+/// tabs, `,`, `;`, `!` and `)`. Returns where the last, unfinished token starts (or the end
+/// of the text when none is open): nothing before it can be a path reference, since an
+/// unquoted token whose core has no separator or dot is never one. `None` as soon as the text
+/// has anything else (a quote, a slash, a dot inside a word, non-ASCII, …).
+pub fn plain_run(text: &str, from: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    if from > 0 && PLAIN[*bytes.get(from - 1)? as usize] != SEPARATOR {
+        return None;
+    }
+    // The open token: its start, and whether sentence punctuation has begun at its end.
+    let mut start = usize::MAX;
+    let mut trailing = false;
+    for (i, &b) in bytes.get(from..)?.iter().enumerate() {
+        match PLAIN[b as usize] {
+            WORD if start == usize::MAX => start = from + i,
+            WORD if trailing => return None, // `e.g`, `main.rs`, `a:b`
+            WORD => {}
+            TRAIL if start != usize::MAX => trailing = true,
+            SEPARATOR => {
+                start = usize::MAX;
+                trailing = false;
+            }
+            _ => return None,
+        }
+    }
+    if start == usize::MAX {
+        Some(text.len())
+    } else if text.len() - start > MAX_TOKEN {
+        None
+    } else {
+        Some(start)
+    }
+}
+
+const OTHER: u8 = 0;
+const WORD: u8 = 1;
+const TRAIL: u8 = 2;
+const SEPARATOR: u8 = 3;
+
+/// Byte classes of [`plain_run`].
+static PLAIN: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' {
+            WORD
+        } else if matches!(c, b'.' | b':' | b'?') {
+            TRAIL
+        } else if matches!(c, b' ' | b'\n' | b'\r' | b'\t' | b',' | b';' | b'!' | b')') {
+            SEPARATOR
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    table
+};
+
 /// The part of a token that is looked up: `token[start..end]`, and the end of the
 /// `:line[:col]` suffix after it (kept as written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
