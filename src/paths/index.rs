@@ -36,6 +36,9 @@ pub struct Entry {
     pub is_dir: bool,
     /// The directory's id, or the file's.
     pub id: u32,
+    /// [`crate::paths::text::char_mask`] of `lower`: most names are ruled out of a typo by
+    /// it, before any edit distance.
+    pub mask: u64,
 }
 
 /// FNV-1a: the index's maps hold keys made from the workspace's own file names, so a fast,
@@ -50,16 +53,8 @@ impl std::hash::Hasher for Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
+        let hash = if self.0 == 0 { FNV_BASIS } else { self.0 };
+        self.0 = fnv_extend(hash, bytes);
     }
 }
 
@@ -103,6 +98,27 @@ fn push_id<K: std::hash::Hash + Eq>(map: &mut FastMap<K, Ids>, key: K, id: u32) 
     }
 }
 
+/// The FNV-1a state before any byte.
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv_extend(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The key of a directory's lowercased path: its parent's key mixed with the [`name_hash`]
+/// of its name (the root's key is 0), so a chain of names is looked up with one mix per name.
+pub fn dir_key_child(parent: u64, name: u64) -> u64 {
+    // splitmix64's finalizer over the pair.
+    let mut z = parent.rotate_left(29) ^ name.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The key of a lowercased name in the child maps.
 pub fn name_hash(lower_name: &str) -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -135,6 +151,10 @@ pub struct IndexData {
     /// (case-insensitive descent without building paths).
     child_dirs: FastMap<(u32, u64), Ids>,
     child_files: FastMap<(u32, u64), Ids>,
+    /// By directory id: the key of its lowercased path ([`dir_key_child`]), and that key →
+    /// the directories (a whole chain of directories looked up at once).
+    dir_keys: Vec<u64>,
+    lower_dirs: FastMap<u64, Ids>,
     /// Lowercased extensions seen (without the dot).
     exts: HashSet<Box<str>>,
     /// Set when the walk stopped at the file limit.
@@ -148,6 +168,7 @@ impl IndexData {
         data.dirs.insert("".into(), 0);
         data.dir_paths.push("".into());
         data.dir_entries.push(Vec::new());
+        data.dir_keys.push(0);
         let walker = ignore::WalkBuilder::new(root)
             .hidden(false)
             .require_git(false)
@@ -182,6 +203,9 @@ impl IndexData {
             let key = (parent_id, name_hash(&lower));
             let id = if kind.is_dir() {
                 let id = data.dir_paths.len() as u32;
+                let dir_key = dir_key_child(data.dir_keys[parent_id as usize], key.1);
+                data.dir_keys.push(dir_key);
+                push_id(&mut data.lower_dirs, dir_key, id);
                 data.dirs.insert(rel.as_str().into(), id);
                 data.dir_paths.push(rel.as_str().into());
                 data.dir_entries.push(Vec::new());
@@ -195,6 +219,7 @@ impl IndexData {
             };
             data.dir_entries[parent_id as usize].push(Entry {
                 name: name.into(),
+                mask: crate::paths::text::char_mask(&lower),
                 lower,
                 is_dir: kind.is_dir(),
                 id,
@@ -292,6 +317,16 @@ impl IndexData {
     /// The files in `dir` whose lowercased name hashes to `name` ([`name_hash`]).
     pub fn child_files(&self, dir: u32, name: u64) -> &[u32] {
         ids(self.child_files.get(&(dir, name)))
+    }
+
+    /// The key of directory `id`'s lowercased path (extend it with [`dir_key_child`]).
+    pub fn dir_key(&self, id: u32) -> u64 {
+        self.dir_keys.get(id as usize).copied().unwrap_or(0)
+    }
+
+    /// The directories whose lowercased path has this key: check each before trusting it.
+    pub fn dirs_by_key(&self, key: u64) -> &[u32] {
+        ids(self.lower_dirs.get(&key))
     }
 
     pub fn has_dir(&self, dir: &str) -> bool {

@@ -690,16 +690,19 @@ fn suffix_step(rel: &str, data: &IndexData, prefix: &str, name_only: bool) -> Op
         let matching = ids.iter().filter(|&&id| inner(id).is_some());
         return StepFound::new(matching.map(|&id| data.file(id)), class, 0.85);
     }
-    // The longest suffix (of two or more components) some file ends with decides.
+    // The longest suffix (of two or more components) some file ends with decides. Each
+    // suffix is a slice of `/` + the path: no string is built per suffix.
+    let slashed = format!("/{lower}");
+    let starts: Vec<usize> = slashed.match_indices('/').map(|(i, _)| i).collect();
     for k in 0..n.saturating_sub(1) {
-        let tail = parts[k..].join("/");
-        let ending = format!("/{tail}");
-        let longer = data.by_suffix(&tail);
+        let ending = &slashed[starts[k]..];
+        let tail = &ending[1..];
+        let longer = data.by_suffix(tail);
         // With a leading directory dropped, a file may also be the rest itself.
-        let equal = if k > 0 { data.by_lower(&tail) } else { &[] };
+        let equal = if k > 0 { data.by_lower(tail) } else { &[] };
         let ids = || longer.iter().chain(equal).copied();
         let valid = |id: &u32| {
-            inner(*id).is_some_and(|inner| (k > 0 && inner == tail) || inner.ends_with(&ending))
+            inner(*id).is_some_and(|inner| (k > 0 && inner == tail) || inner.ends_with(ending))
         };
         let class = if k == 0 { "missing_dir" } else { "wrong_dir" };
         let total = longer.len() + equal.len();
@@ -753,11 +756,13 @@ fn typo_step(rel: &str, data: &IndexData, prefix: &str) -> Option<StepFound> {
         return None;
     }
     let hashes: Vec<u64> = parts.iter().map(|p| index::name_hash(p)).collect();
+    let masks: Vec<u64> = parts.iter().map(|p| text::char_mask(p)).collect();
     let start = data.dir_id(prefix)?;
     let mut walk = TypoWalk {
         data,
         parts: &parts,
         hashes: &hashes,
+        masks: &masks,
         budget: MAX_EDITS,
         best: None,
         found: Vec::new(),
@@ -778,17 +783,23 @@ fn typo_step(rel: &str, data: &IndexData, prefix: &str) -> Option<StepFound> {
     })
 }
 
-/// The last component of a path, lowercased.
-fn last_lower(path: &str) -> String {
-    split_last(path).1.to_lowercase()
+/// Whether the last component of `path`, lowercased, is `lower`.
+fn last_is(path: &str, lower: &str) -> bool {
+    let name = split_last(path).1;
+    if name.is_ascii() {
+        name.eq_ignore_ascii_case(lower)
+    } else {
+        name.to_lowercase() == lower
+    }
 }
 
 /// One typo walk: at most `budget` edits, and never more than the best found so far.
 struct TypoWalk<'a> {
     data: &'a IndexData,
     parts: &'a [String],
-    /// [`index::name_hash`] of each part.
+    /// [`index::name_hash`] and [`text::char_mask`] of each part.
     hashes: &'a [u64],
+    masks: &'a [u64],
     budget: usize,
     best: Option<usize>,
     /// File ids (the first few) at the best distance …
@@ -810,12 +821,17 @@ impl TypoWalk<'_> {
             // At most one edit in all the directory names (`cost` so far is all theirs).
             allowed = allowed.min(1usize.saturating_sub(cost));
         }
+        if !last && (cost > 0 || remaining == 0) {
+            // No edit is left for any directory: the rest of them is one lookup.
+            self.visit_exact_chain(dir, i, cost);
+            return;
+        }
         if allowed == 0 {
             // This component must match (ignoring case): look it up, no scan.
             if last {
                 if cost > 0 {
                     for &id in data.child_files(dir, self.hashes[i]) {
-                        if last_lower(data.file(id)) == *want {
+                        if last_is(data.file(id), want) {
                             self.add(id, cost);
                         }
                     }
@@ -823,15 +839,24 @@ impl TypoWalk<'_> {
             } else {
                 for &child in data.child_dirs(dir, self.hashes[i]) {
                     // A hash names a key, not a proof: check the name.
-                    if last_lower(data.dir_path(child)) == *want {
+                    if last_is(data.dir_path(child), want) {
                         self.visit(child, i + 1, cost);
                     }
                 }
             }
             return;
         }
+        if !last {
+            // The directory as written first: what it finds bounds the walk everywhere else.
+            for &child in data.child_dirs(dir, self.hashes[i]) {
+                if last_is(data.dir_path(child), want) {
+                    self.visit(child, i + 1, cost);
+                }
+            }
+        }
+        let mask = self.masks[i];
         for entry in data.entries(dir) {
-            if entry.is_dir == last {
+            if entry.is_dir == last || !text::near_masks(mask, entry.mask, allowed) {
                 continue;
             }
             let Some(d) = text::distance(want, &entry.lower, allowed) else {
@@ -842,10 +867,49 @@ impl TypoWalk<'_> {
                 if total > 0 {
                     self.add(entry.id, total);
                 }
-            } else {
+            } else if d > 0 && total <= self.best.unwrap_or(self.budget) {
                 self.visit(entry.id, i + 1, total);
             }
         }
+    }
+
+    /// Visits the directories under `dir` at the written (lowercased) names `parts[i..]` but
+    /// the last: one hashed lookup of the whole chain, each hit checked by its names.
+    fn visit_exact_chain(&mut self, dir: u32, i: usize, cost: usize) {
+        let data = self.data;
+        let n = self.parts.len();
+        let key = self.hashes[i..n - 1]
+            .iter()
+            .fold(data.dir_key(dir), |key, &name| {
+                index::dir_key_child(key, name)
+            });
+        for &target in data.dirs_by_key(key) {
+            if self.chain_matches(dir, target, i) {
+                self.visit(target, n - 1, cost);
+            }
+        }
+    }
+
+    /// Whether directory `target` is `dir` followed by the names `parts[i..]` but the last.
+    fn chain_matches(&self, dir: u32, target: u32, i: usize) -> bool {
+        let data = self.data;
+        let middle = &self.parts[i..self.parts.len() - 1];
+        let Some(rest) = data.dir_path(target).strip_prefix(data.dir_path(dir)) else {
+            return false;
+        };
+        let rest = if dir == 0 {
+            rest
+        } else {
+            match rest.strip_prefix('/') {
+                Some(rest) => rest,
+                None => return false,
+            }
+        };
+        let mut names = rest.split('/');
+        middle
+            .iter()
+            .all(|part| names.next().is_some_and(|name| last_is(name, part)))
+            && names.next().is_none()
     }
 
     fn add(&mut self, file: u32, cost: usize) {

@@ -514,3 +514,48 @@ proptest::proptest! {
         proptest::prop_assert_eq!(distance(&a, &b, max), (want <= max).then_some(want));
     }
 }
+
+#[test]
+fn a_typo_in_one_directory_of_a_deep_path_is_found_through_near_siblings() {
+    let tree = TempTree::new(&[
+        "svc012/third_party/flask/src/Templates/layout.html",
+        "svc013/third_party/flask/src/Templates/base.html",
+        "svc014/third_party/flask/src/templates/other.html",
+        "Ünïcode/Dëep/Tree/notes.txt",
+        "twins/alpha1/x/y/z/same.txt",
+        "twins/alpha2/x/y/z/same.txt",
+    ]);
+    let (scope, _) = fixer(&tree).scope(None);
+    // One edit in a deep directory (no suffix of the path names a file): one file.
+    assert_eq!(
+        fixed(prose(
+            &scope,
+            "svc012/third_party/flask/src/templatez/layout.html"
+        )),
+        Some((
+            "svc012/third_party/flask/src/Templates/layout.html".to_string(),
+            "typo"
+        ))
+    );
+    // One edit in the top directory and one in the name: the rest of the directories are
+    // looked up as one chain under each near sibling (case and non-ASCII letters aside).
+    assert_eq!(
+        fixed(prose(
+            &scope,
+            "svc015/third_party/flask/src/TEMPLATES/othr.html"
+        )),
+        Some((
+            "svc014/third_party/flask/src/templates/other.html".to_string(),
+            "typo"
+        ))
+    );
+    assert_eq!(
+        fixed(prose(&scope, "Ünïcodf/DËEP/tree/nots.txt")),
+        Some(("Ünïcode/Dëep/Tree/notes.txt".to_string(), "typo"))
+    );
+    // The same rest under two siblings one edit away: ambiguous, flagged.
+    match prose(&scope, "twins/alpha3/x/y/z/sane.txt") {
+        Verdict::Flag { reason, .. } => assert!(reason.starts_with("ambiguous"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}

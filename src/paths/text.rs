@@ -432,6 +432,27 @@ pub fn quoted(text: &str, start: usize, end: usize) -> bool {
     text[..start].ends_with("](") && after == Some(')')
 }
 
+/// The set of characters in `lower` as bits (`a`–`z`, `0`–`9`, the rest hashed into the
+/// remaining 28): `k` edits change at most `k` members each way, so two names whose masks
+/// differ by more than `k` bits either way are more than `k` edits apart ([`near_masks`]).
+pub fn char_mask(lower: &str) -> u64 {
+    let mut mask = 0u64;
+    for c in lower.chars() {
+        let bit = match c {
+            'a'..='z' => c as u32 - 'a' as u32,
+            '0'..='9' => 26 + c as u32 - '0' as u32,
+            _ => 36 + (c as u32).wrapping_mul(2_654_435_761) % 28,
+        };
+        mask |= 1 << bit;
+    }
+    mask
+}
+
+/// Whether names with these [`char_mask`]s can be within `max` edits.
+pub fn near_masks(a: u64, b: u64, max: usize) -> bool {
+    (a & !b).count_ones() as usize <= max && (b & !a).count_ones() as usize <= max
+}
+
 /// Longest ASCII name [`distance_ascii`] handles with rows on the stack.
 const ASCII_MAX: usize = 64;
 
@@ -440,23 +461,25 @@ fn distance_ascii(a: &[u8], b: &[u8], max: usize) -> Option<usize> {
     if a.len().abs_diff(b.len()) > max {
         return None;
     }
-    // Rows i-2, i-1 and i, in turn. Only the band |i - j| <= max matters (a cell outside it
-    // is more than `max` edits away); cells just outside the band hold `max + 1`.
-    let far = max + 1;
+    // Rows i-2, i-1 and i, in turn, of one byte per cell (`max` is small). Only the band
+    // |i - j| <= max matters (a cell outside it is more than `max` edits away); cells just
+    // outside the band hold `max + 1`.
+    let far = u8::try_from(max + 1).unwrap_or(u8::MAX);
+    let width = b.len() + 1;
     let mut rows = [[far; ASCII_MAX + 1]; 3];
     for (j, cell) in rows[0].iter_mut().enumerate().take(b.len().min(max) + 1) {
-        *cell = j;
+        *cell = j as u8;
     }
     for i in 1..=a.len() {
         let [r0, r1, r2] = &mut rows;
         let (two_back, prev, row) = match i % 3 {
-            1 => (&*r2, &*r0, r1),
-            2 => (&*r0, &*r1, r2),
-            _ => (&*r1, &*r2, r0),
+            1 => (&r2[..width], &r0[..width], &mut r1[..width]),
+            2 => (&r0[..width], &r1[..width], &mut r2[..width]),
+            _ => (&r1[..width], &r2[..width], &mut r0[..width]),
         };
         let from = i.saturating_sub(max).max(1);
         let to = (i + max).min(b.len());
-        row[0] = if i <= max { i } else { far };
+        row[0] = if i <= max { i as u8 } else { far };
         if from > 1 {
             row[from - 1] = far;
         }
@@ -465,7 +488,7 @@ fn distance_ascii(a: &[u8], b: &[u8], max: usize) -> Option<usize> {
         }
         let mut best = row[0];
         for j in from..=to {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let cost = u8::from(a[i - 1] != b[j - 1]);
             let mut d = (prev[j - 1] + cost).min(prev[j] + 1).min(row[j - 1] + 1);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d = d.min(two_back[j - 2] + 1);
@@ -474,12 +497,33 @@ fn distance_ascii(a: &[u8], b: &[u8], max: usize) -> Option<usize> {
             row[j] = d;
             best = best.min(d);
         }
-        if best > max {
+        if usize::from(best) > max {
             return None;
         }
     }
-    let d = rows[a.len() % 3][b.len()];
+    let d = usize::from(rows[a.len() % 3][b.len()]);
     (d <= max).then_some(d)
+}
+
+/// [`distance`] up to one edit, for ASCII: past the common prefix, one substitution,
+/// swap, insertion or deletion must leave the rest equal.
+fn within_one_ascii(a: &[u8], b: &[u8], max: usize) -> Option<usize> {
+    if a == b {
+        return Some(0);
+    }
+    if max == 0 || a.len().abs_diff(b.len()) > 1 {
+        return None;
+    }
+    let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[same..], &b[same..]);
+    let one = match a.len().cmp(&b.len()) {
+        std::cmp::Ordering::Equal => {
+            a[1..] == b[1..] || (a.len() >= 2 && a[0] == b[1] && a[1] == b[0] && a[2..] == b[2..])
+        }
+        std::cmp::Ordering::Greater => a[1..] == *b,
+        std::cmp::Ordering::Less => *a == b[1..],
+    };
+    one.then_some(1)
 }
 
 /// Edit distance between `a` and `b` (by char: insertions, deletions, substitutions and
@@ -489,7 +533,10 @@ pub fn distance(a: &str, b: &str, max: usize) -> Option<usize> {
     if a.len().abs_diff(b.len()) > max * 4 {
         return None; // even in 4-byte chars, too many to insert
     }
-    if a.is_ascii() && b.is_ascii() && b.len() < ASCII_MAX {
+    if max <= 1 && a.is_ascii() && b.is_ascii() {
+        return within_one_ascii(a.as_bytes(), b.as_bytes(), max);
+    }
+    if a.is_ascii() && b.is_ascii() && b.len() < ASCII_MAX && max < 200 {
         return distance_ascii(a.as_bytes(), b.as_bytes(), max);
     }
     let a: Vec<char> = a.chars().collect();
