@@ -228,10 +228,14 @@ impl Rewriter {
             self.spill(out);
             return;
         }
-        while let Some(unit) = self.delay.pop_unchanged() {
-            out.extend_from_slice(&unit.bytes);
-            self.remember_unit(&unit.bytes);
-            self.delay.recycle(unit);
+        let mut last = None;
+        while let Some(at) = self.delay.pop_unchanged(out) {
+            last = Some(at);
+        }
+        // The template for a chunk the proxy adds is needed only once nothing waits (a unit
+        // still waiting is the more recent chunk).
+        if let (Some(at), true) = (last, self.delay.is_empty()) {
+            self.remember_unit(&out[at..]);
         }
         if self.delay.diverged() {
             self.spill(out);
@@ -259,7 +263,6 @@ impl Rewriter {
             } else {
                 self.rewrite_unit(&unit, text, out);
             }
-            self.delay.recycle(unit);
         }
     }
 
@@ -497,6 +500,13 @@ impl Rewriter {
         if !has_calls && second_idle {
             let text = texts[0].as_deref().unwrap_or_default();
             let (new, block) = self.patch_field((0, fields[0]), text, done);
+            if block.is_none() && self.delay.is_empty() && new == text {
+                // Nothing waits and the text went through: the line goes on, not copied.
+                out.extend_from_slice(line);
+                self.remember_unit(line);
+                self.finished |= done;
+                return;
+            }
             if block.is_none() {
                 self.delay.push(line, text, &new);
                 self.release_delayed(done, out);
@@ -619,6 +629,12 @@ impl Rewriter {
         let mut first = None;
         if let Some((text, last)) = self.sse_waitable(&chunk) {
             let (new, block) = self.patch_field((0, field), &text, last);
+            if block.is_none() && self.delay.is_empty() && new == text {
+                out.extend_from_slice(event);
+                chunk.remove("usage");
+                self.last_chunk = Some(chunk);
+                return;
+            }
             if block.is_none() {
                 self.delay.push(event, &text, &new);
                 self.release_delayed(last, out);

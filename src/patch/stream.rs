@@ -227,7 +227,8 @@ impl StageStream {
     /// Drops released text, keeping one char of context (or the matcher's
     /// [`Matcher::context`] bytes, whichever reaches further back).
     fn compact(&mut self) {
-        if self.start == 0 {
+        // Compacting a few bytes at a time would move the buffer on every chunk.
+        if self.start == 0 || self.start < 1024 && self.matcher.context() > 0 {
             return;
         }
         let one_char = self.buf[..self.start]

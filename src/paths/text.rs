@@ -156,32 +156,33 @@ pub fn has_path_mark(token: &str) -> bool {
 /// has anything else (a quote, a slash, a dot inside a word, non-ASCII, …).
 pub fn plain_run(text: &str, from: usize) -> Option<usize> {
     let bytes = text.as_bytes();
-    if from > 0 && PLAIN[*bytes.get(from - 1)? as usize] != SEPARATOR {
+    let rest = bytes.get(from..)?;
+    let mut prev = match from {
+        0 => SEPARATOR,
+        _ => PLAIN[bytes[from - 1] as usize],
+    };
+    if prev != SEPARATOR {
         return None;
     }
-    // The open token: its start, and whether sentence punctuation has begun at its end.
-    let mut start = usize::MAX;
-    let mut trailing = false;
-    for (i, &b) in bytes.get(from..)?.iter().enumerate() {
-        match PLAIN[b as usize] {
-            WORD if start == usize::MAX => start = from + i,
-            WORD if trailing => return None, // `e.g`, `main.rs`, `a:b`
-            WORD => {}
-            TRAIL if start != usize::MAX => trailing = true,
-            SEPARATOR => {
-                start = usize::MAX;
-                trailing = false;
-            }
-            _ => return None,
-        }
+    // One pass without branches on the text: anything else, a word after sentence
+    // punctuation (`e.g`, `main.rs`, `a:b`) or punctuation opening a token (`.rs`).
+    let mut other = false;
+    for &b in rest {
+        let class = PLAIN[b as usize];
+        other |= class == OTHER
+            || (prev == TRAIL && class == WORD)
+            || (prev == SEPARATOR && class == TRAIL);
+        prev = class;
     }
-    if start == usize::MAX {
-        Some(text.len())
-    } else if text.len() - start > MAX_TOKEN {
-        None
-    } else {
-        Some(start)
+    if other {
+        return None;
     }
+    // The open token starts after the last separator.
+    let start = rest
+        .iter()
+        .rposition(|&b| PLAIN[b as usize] == SEPARATOR)
+        .map_or(from, |i| from + i + 1);
+    (text.len() - start <= MAX_TOKEN).then_some(start)
 }
 
 const OTHER: u8 = 0;
