@@ -41,6 +41,10 @@ pub enum Format {
     Sse,
 }
 
+/// Bytes of lines or events that may wait whole behind held text before they are sent
+/// rewritten instead.
+const MAX_WAITING: usize = 256 * 1024;
+
 /// Identifies one text field in a stream: (choice index, which field).
 type FieldKey = (u64, &'static str);
 
@@ -218,6 +222,31 @@ impl Rewriter {
         match self.format {
             Format::Ndjson => (0, ndjson_fields(self.endpoint)[0]),
             Format::Sse => (0, sse_field(self.endpoint)),
+        }
+    }
+
+    /// One line or event of the main text field, whose `text` the session turned into
+    /// `released`: it goes on as it came when nothing waits and the text went through (no
+    /// copy), else it joins the units waiting.
+    fn pass_or_wait(
+        &mut self,
+        unit: &[u8],
+        text: &str,
+        released: &str,
+        end: bool,
+        out: &mut Vec<u8>,
+    ) {
+        if self.delay.is_empty() && released == text {
+            out.extend_from_slice(unit);
+            self.remember_unit(unit);
+            return;
+        }
+        self.delay.push(unit, text, released);
+        self.release_delayed(end, out);
+        if self.delay.queued_bytes() > MAX_WAITING {
+            // A stream of lines behind one held word (an upstream sending empty chunks):
+            // past this, they go rewritten rather than pile up.
+            self.spill(out);
         }
     }
 
@@ -500,19 +529,9 @@ impl Rewriter {
         if !has_calls && second_idle {
             let text = texts[0].as_deref().unwrap_or_default();
             let (new, block) = self.patch_field((0, fields[0]), text, done);
-            if block.is_none() && self.delay.is_empty() && new == text {
-                // Nothing waits and the text went through: the line goes on, not copied.
-                out.extend_from_slice(line);
-                self.remember_unit(line);
-                self.finished |= done;
-                return;
-            }
             if block.is_none() {
-                self.delay.push(line, text, &new);
-                self.release_delayed(done, out);
-                if done {
-                    self.finished = true;
-                }
+                self.pass_or_wait(line, text, &new, done, out);
+                self.finished |= done;
                 return;
             }
             first = Some((new, block));
@@ -629,15 +648,8 @@ impl Rewriter {
         let mut first = None;
         if let Some((text, last)) = self.sse_waitable(&chunk) {
             let (new, block) = self.patch_field((0, field), &text, last);
-            if block.is_none() && self.delay.is_empty() && new == text {
-                out.extend_from_slice(event);
-                chunk.remove("usage");
-                self.last_chunk = Some(chunk);
-                return;
-            }
             if block.is_none() {
-                self.delay.push(event, &text, &new);
-                self.release_delayed(last, out);
+                self.pass_or_wait(event, &text, &new, last, out);
                 chunk.remove("usage");
                 self.last_chunk = Some(chunk);
                 return;
@@ -1207,6 +1219,26 @@ mod tests {
         let out = run(&mut rewriter, &pieces[1..], None);
         // Nothing matched in the end: both lines go byte for byte as they came.
         assert_eq!(out, pieces.concat());
+    }
+
+    #[test]
+    fn lines_piling_up_behind_a_held_word_are_sent_rewritten_past_the_cap() {
+        let mut rewriter = Rewriter::new(no_confidential(), Endpoint::Generate, Format::Ndjson);
+        let mut sent = rewriter.feed(gen_line("it is confid").as_bytes()).len();
+        assert_eq!(sent, 0, "the line waits");
+        let empty = gen_line("");
+        for _ in 0..(MAX_WAITING / empty.len() + 2) {
+            sent += rewriter.feed(empty.as_bytes()).len();
+        }
+        assert!(sent > 0, "lines went out once the cap was passed");
+        assert!(rewriter.delay.queued_bytes() <= MAX_WAITING);
+        // Nothing leaked before the match is decided, and the text is whole at the end.
+        let out = run(
+            &mut rewriter,
+            &["{\"response\":\"ential\",\"done\":true}\n".to_string()],
+            None,
+        );
+        assert!(out.contains("[redacted]"), "{out}");
     }
 
     #[test]
