@@ -784,6 +784,18 @@ fn stream(compiled: &Arc<Compiled>, lines: &[Vec<u8>]) -> (Duration, Vec<u8>, us
     (elapsed, out, hits)
 }
 
+/// Streams `lines` again and again for 5 s: (streams, time).
+#[inline(never)]
+fn profile(compiled: &Arc<Compiled>, lines: &[Vec<u8>]) -> (u32, Duration) {
+    let started = Instant::now();
+    let mut runs = 0u32;
+    while started.elapsed() < Duration::from_secs(5) {
+        black_box(stream(compiled, lines));
+        runs += 1;
+    }
+    (runs, started.elapsed())
+}
+
 /// The same text through a session alone (no JSON): the stages' own cost.
 fn session(compiled: &Arc<Compiled>, tokens: &[String]) -> (Duration, String) {
     let started = Instant::now();
@@ -877,6 +889,17 @@ fn streaming(tree: &Tree) -> f64 {
     for (_, c, lines, toks) in &cases {
         black_box(stream(c, lines));
         black_box(session(c, toks));
+    }
+    // `PATH_FIX_PROFILE=a` (or `b`) streams that prose case alone for 5 s and stops, for
+    // `perf record` (or `valgrind --tool=callgrind --toggle-collect='path_fix::profile*'`).
+    if let Ok(case) = std::env::var("PATH_FIX_PROFILE") {
+        let compiled = if case == "b" { &with_path } else { &replace };
+        let (runs, took) = profile(compiled, &prose_lines);
+        println!(
+            "   profiled ({case}): {runs} streams, {:.0} ns per chunk",
+            per_chunk(took / runs)
+        );
+        return 0.0;
     }
     let mut rewriter_ns = vec![Vec::new(); cases.len()];
     let mut session_ns = vec![Vec::new(); cases.len()];

@@ -71,7 +71,11 @@ pub trait Matcher: Send + Sync {
     /// starts in `text[from..p]`, no position there is live, and `p` is live (or the end of
     /// the text). The stage then releases `text[from..p]` and holds the rest without calling
     /// [`Matcher::find_in`] or [`Matcher::live_at`]. `None`: take the general way.
-    fn quick(&self, _text: &str, _from: usize) -> Option<usize> {
+    ///
+    /// `text[from..checked]` (when `checked > from`) was read by an earlier call that answered
+    /// `Some(from)` on a shorter text: the open token has grown since, and only the text after
+    /// `checked` is new.
+    fn quick(&self, _text: &str, _from: usize, _checked: usize) -> Option<usize> {
         None
     }
 

@@ -681,6 +681,9 @@ impl Session {
     }
 
     fn record(&mut self, decided: &mut Vec<Decided>, stage: usize) {
+        if decided.is_empty() {
+            return;
+        }
         let shadow = self.compiled.stages[stage].shadow;
         for d in decided.drain(..) {
             let table = &self.compiled.table;

@@ -257,16 +257,13 @@ impl Rewriter {
             self.spill(out);
             return;
         }
-        let mut last = None;
-        while let Some(at) = self.delay.pop_unchanged(out) {
-            last = Some(at);
-        }
+        let (last, diverged) = self.delay.release(out);
         // The template for a chunk the proxy adds is needed only once nothing waits (a unit
         // still waiting is the more recent chunk).
         if let (Some(at), true) = (last, self.delay.is_empty()) {
             self.remember_unit(&out[at..]);
         }
-        if self.delay.diverged() {
+        if diverged {
             self.spill(out);
         }
     }

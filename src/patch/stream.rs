@@ -53,11 +53,17 @@ pub struct StageStream {
     frontier: usize,
     /// Set once a block rule fired: everything after is swallowed.
     blocked: Option<usize>,
+    /// The matcher's [`Matcher::context`] (asked once).
+    context: usize,
+    /// `buf[start..quick_checked]` was read by the last [`Matcher::quick`], which answered
+    /// `start` (0: the last step took the general way).
+    quick_checked: usize,
 }
 
 impl StageStream {
     pub fn new(matcher: Arc<dyn Matcher>, effect: Effect, shadow: bool) -> Self {
         StageStream {
+            context: matcher.context(),
             scratch: matcher.scratch(),
             matcher,
             effect,
@@ -66,6 +72,7 @@ impl StageStream {
             start: 0,
             frontier: 0,
             blocked: None,
+            quick_checked: 0,
         }
     }
 
@@ -93,7 +100,29 @@ impl StageStream {
     }
 
     /// Feeds `input`; appends what can be released to `out` and decided matches to `decided`.
+    #[inline]
     pub fn push(&mut self, input: &str, out: &mut String, decided: &mut Vec<Decided>) {
+        // The matcher's quick way, without the general step's call (most chunks of prose).
+        if self.blocked.is_none() && !self.shadow {
+            self.buf.push_str(input);
+            if let Some(live) = self
+                .matcher
+                .quick(&self.buf, self.start, self.quick_checked)
+            {
+                out.push_str(&self.buf[self.start..live]);
+                self.start = live;
+                self.frontier = self.frontier.max(live);
+                self.quick_checked = self.buf.len();
+                if self.start >= 1024 {
+                    self.compact();
+                }
+                return;
+            }
+            self.quick_checked = 0;
+            self.general(false, out, decided);
+            self.compact();
+            return;
+        }
         self.feed(input, false, out, decided);
     }
 
@@ -118,15 +147,23 @@ impl StageStream {
     }
 
     fn advance(&mut self, eof: bool, out: &mut String, decided: &mut Vec<Decided>) {
-        let mut cursor = self.start;
+        let cursor = self.start;
         if !eof {
-            if let Some(live) = self.matcher.quick(&self.buf, cursor) {
+            if let Some(live) = self.matcher.quick(&self.buf, cursor, self.quick_checked) {
                 out.push_str(&self.buf[cursor..live]);
                 self.start = live;
                 self.frontier = self.frontier.max(live);
+                self.quick_checked = self.buf.len();
                 return;
             }
         }
+        self.quick_checked = 0;
+        self.general(eof, out, decided);
+    }
+
+    /// The general step: finds and decides matches, holds from the first live position.
+    fn general(&mut self, eof: bool, out: &mut String, decided: &mut Vec<Decided>) {
+        let mut cursor = self.start;
         loop {
             let found = self.matcher.find_in(&self.buf, cursor, eof);
             if !eof {
@@ -228,25 +265,26 @@ impl StageStream {
     /// [`Matcher::context`] bytes, whichever reaches further back).
     fn compact(&mut self) {
         // Compacting a few bytes at a time would move the buffer on every chunk.
-        if self.start == 0 || self.start < 1024 && self.matcher.context() > 0 {
+        if self.start == 0 || self.start < 1024 && self.context > 0 {
             return;
         }
         let one_char = self.buf[..self.start]
             .char_indices()
             .next_back()
             .map_or(self.start, |(i, _)| i);
-        let mut keep_from = one_char.min(self.start.saturating_sub(self.matcher.context()));
+        let mut keep_from = one_char.min(self.start.saturating_sub(self.context));
         while !self.buf.is_char_boundary(keep_from) {
             keep_from -= 1;
         }
         // Compacting a few bytes at a time would move the buffer on every chunk.
-        if keep_from < 1024 && self.matcher.context() > 0 {
+        if keep_from < 1024 && self.context > 0 {
             return;
         }
         if keep_from > 0 {
             self.buf.drain(..keep_from);
             self.start -= keep_from;
             self.frontier -= keep_from;
+            self.quick_checked = self.quick_checked.saturating_sub(keep_from);
         }
     }
 }

@@ -154,36 +154,54 @@ pub fn has_path_mark(token: &str) -> bool {
 /// of the text when none is open): nothing before it can be a path reference, since an
 /// unquoted token whose core has no separator or dot is never one. `None` as soon as the text
 /// has anything else (a quote, a slash, a dot inside a word, non-ASCII, …).
-pub fn plain_run(text: &str, from: usize) -> Option<usize> {
+///
+/// `text[from..checked]` has passed an earlier call that answered `from` (the open token
+/// then, grown since): only the text after it is read. `checked <= from` reads it all.
+#[inline]
+pub fn plain_run(text: &str, from: usize, checked: usize) -> Option<usize> {
     let bytes = text.as_bytes();
-    let rest = bytes.get(from..)?;
-    let mut prev = match from {
-        0 => SEPARATOR,
-        _ => PLAIN[bytes[from - 1] as usize],
-    };
-    if prev != SEPARATOR {
+    if from > bytes.len() || from > 0 && PLAIN[bytes[from - 1] as usize] != SEPARATOR {
         return None;
     }
+    let scan_from = checked.clamp(from, bytes.len());
+    let mut prev = match scan_from {
+        0 => SEPARATOR,
+        _ => PLAIN[bytes[scan_from - 1] as usize],
+    };
+    let rest = &bytes[scan_from..];
     // One pass without branches on the text: anything else, a word after sentence
-    // punctuation (`e.g`, `main.rs`, `a:b`) or punctuation opening a token (`.rs`).
-    let mut other = false;
-    for &b in rest {
+    // punctuation (`e.g`, `main.rs`, `a:b`) or punctuation opening a token (`.rs`) is a bad
+    // pair of classes. The open token starts after the last separator (`text[from..checked]`
+    // has none).
+    let mut bad = false;
+    let mut start = from;
+    for (i, &b) in rest.iter().enumerate() {
         let class = PLAIN[b as usize];
-        other |= class == OTHER
-            || (prev == TRAIL && class == WORD)
-            || (prev == SEPARATOR && class == TRAIL);
+        bad |= BAD_PAIR[(prev << 2 | class) as usize];
+        start = if class == SEPARATOR {
+            scan_from + i + 1
+        } else {
+            start
+        };
         prev = class;
     }
-    if other {
-        return None;
-    }
-    // The open token starts after the last separator.
-    let start = rest
-        .iter()
-        .rposition(|&b| PLAIN[b as usize] == SEPARATOR)
-        .map_or(from, |i| from + i + 1);
-    (text.len() - start <= MAX_TOKEN).then_some(start)
+    (!bad && text.len() - start <= MAX_TOKEN).then_some(start)
 }
+
+/// Pairs of [`PLAIN`] classes (`previous << 2 | next`) that end the quick way.
+static BAD_PAIR: [bool; 16] = {
+    let mut table = [false; 16];
+    let mut pair = 0;
+    while pair < 16 {
+        let (prev, next) = ((pair >> 2) as u8, (pair & 3) as u8);
+        table[pair] = next == OTHER
+            || prev == OTHER
+            || (prev == TRAIL && next == WORD)
+            || (prev == SEPARATOR && next == TRAIL);
+        pair += 1;
+    }
+    table
+};
 
 const OTHER: u8 = 0;
 const WORD: u8 = 1;
