@@ -184,9 +184,7 @@ impl Delay {
     /// Drops consumed text and bytes: all of them once nothing waits, else now and then.
     #[inline]
     fn tidy(&mut self) {
-        let owed_done = self.owed_from == self.owed.len();
-        if !self.ends.is_empty() && self.head.0 < COMPACT_AT && owed_done && self.owed_from == 0
-        {
+        if !self.ends.is_empty() && self.head.0 < COMPACT_AT && self.owed.is_empty() {
             return;
         }
         self.compact();
