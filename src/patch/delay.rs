@@ -165,6 +165,8 @@ impl Delay {
         while let Some(&(bytes_end, text_end)) = self.ends.front() {
             if !self.covers_front(text_end) {
                 // Counted text is the unit's own beginning: it can still go as it came.
+                // (`owed` is then empty, so the compare would say the same; the check skips it
+                // on the common path, which measured ~2% per chunk on path_fix's prose case.)
                 diverged = self.matched == 0
                     && !prefix_of(
                         &self.owed.as_bytes()[self.owed_from..],
