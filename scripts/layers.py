@@ -15,7 +15,7 @@ LAYERS = [
     ["app"],
     ["proxy", "serve"],
     ["live"],
-    ["audit", "request"],
+    ["audit", "request", "detect"],
     ["patch"],
     ["store", "paths"],
     ["rules", "gguf", "config"],

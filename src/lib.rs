@@ -25,6 +25,7 @@
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod detect;
 pub mod edge;
 pub mod gguf;
 pub mod live;

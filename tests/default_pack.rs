@@ -6,7 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::path::{Path, PathBuf};
+
+mod support;
 use std::sync::Arc;
+use support::dependency_sources;
 
 use rawrxd::live::Live;
 use rawrxd::patch::Compiled;
@@ -70,38 +73,6 @@ fn files_under(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
-}
-
-/// The unpacked sources of this project's dependencies, found through Cargo.lock.
-fn dependency_sources() -> Vec<PathBuf> {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap();
-    let lock =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock")).unwrap();
-    let lock: toml::Value = toml::from_str(&lock).unwrap();
-    let registries: Vec<PathBuf> = std::fs::read_dir(home.join("registry/src"))
-        .map(|dirs| dirs.flatten().map(|d| d.path()).collect())
-        .unwrap_or_default();
-    let mut dirs = Vec::new();
-    for package in lock["package"].as_array().unwrap() {
-        let (Some(name), Some(version)) = (package["name"].as_str(), package["version"].as_str())
-        else {
-            continue;
-        };
-        if package.get("source").is_none() {
-            continue; // this crate itself
-        }
-        for registry in &registries {
-            let dir = registry.join(format!("{name}-{version}"));
-            if dir.is_dir() {
-                dirs.push(dir);
-                break;
-            }
-        }
-    }
-    dirs
 }
 
 #[test]

@@ -184,6 +184,23 @@ impl Audit {
 }
 
 /// What the request path holds to report one request's corrections.
+/// An agent failure a `detect` rule saw, for the audit.
+#[derive(Debug, Clone)]
+pub struct FailureEvent {
+    pub rule_id: String,
+    pub shadow: bool,
+    pub confidence: f64,
+    /// `refusal`, …, `pattern`.
+    pub detector: &'static str,
+    /// What was done: `audit`, `retry`, `stop`, or why nothing could be (`delivered`).
+    pub action: String,
+    /// The failing answer (for a retry: the first answer's text) or what showed the failure.
+    pub detected: String,
+    /// For a retry: the answer delivered instead; for a stop: where it was cut.
+    pub corrected: String,
+    pub evidence: String,
+}
+
 #[derive(Clone)]
 pub struct HitSink {
     pub audit: Option<Arc<Audit>>,
@@ -193,6 +210,46 @@ pub struct HitSink {
 }
 
 impl HitSink {
+    /// One `agent_failure` line (and row): the detector, its confidence, what was done and
+    /// why, in `Reasoning`.
+    pub fn record_failure(&self, failure: FailureEvent) {
+        let mode = if failure.shadow { "shadow" } else { "enforce" };
+        self.metrics
+            .rule_hits
+            .get_or_create(&RuleLabels {
+                rule: failure.rule_id.clone(),
+                mode,
+            })
+            .inc();
+        tracing::info!(
+            target: "rawrxd::detect",
+            rule = %failure.rule_id,
+            detector = failure.detector,
+            action = %failure.action,
+            shadow = failure.shadow,
+            "agent failure: {}",
+            failure.evidence
+        );
+        if let Some(audit) = &self.audit {
+            audit.record(AuditEvent {
+                at: SystemTime::now(),
+                rule_id: failure.rule_id,
+                kind: Kind::Detect,
+                shadow: failure.shadow,
+                confidence: failure.confidence,
+                detected: failure.detected,
+                corrected: failure.corrected,
+                model: self.model.clone(),
+                endpoint: self.endpoint.name(),
+                reasoning: Some(format!(
+                    "detector={} action={} evidence={}",
+                    failure.detector, failure.action, failure.evidence
+                )),
+                flagged: false,
+            });
+        }
+    }
+
     pub fn record(&self, hits: Vec<Hit>) {
         for hit in hits {
             let detected = if hit.kind == Kind::Redact {
@@ -257,6 +314,7 @@ pub fn type_label(kind: Kind) -> &'static str {
         Kind::Block => "blocked_content",
         Kind::Path => "invalid_path",
         Kind::SystemPrompt | Kind::Param | Kind::Stop | Kind::Alias => "behavior_patch",
+        Kind::Detect => "agent_failure",
     }
 }
 
@@ -294,7 +352,8 @@ pub fn correction_line(event: &AuditEvent, ts: &str) -> String {
     );
     // A flagged path says why (ambiguous between which files, how far), since no navigation
     // line is written for it.
-    if let (true, Some(reasoning)) = (event.flagged, &event.reasoning) {
+    let says_why = event.flagged || event.kind == Kind::Detect;
+    if let (true, Some(reasoning)) = (says_why, &event.reasoning) {
         line.pop();
         line.push_str(" | Reasoning: ");
         line.push_str(&quoted(reasoning));

@@ -7,13 +7,16 @@
 //! polling, admin commands); it updates the snapshot through the [`reload::LiveSlot`] trait,
 //! which the proxy's state implements.
 //!
-//! May use: `request`, `audit`, `patch`, `store`, `rules`, `telemetry`. Used by `proxy` and `app`.
+//! May use: `request`, `detect`, `audit`, `patch`, `store`, `rules`, `telemetry`. Used by `proxy` and `app`.
 
 pub mod reload;
 
 use std::path::Path;
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
+use crate::detect::Detectors;
 use crate::patch::Pipeline;
 use crate::request::RequestPatches;
 use crate::rules::{self, Rule, RuleError};
@@ -23,6 +26,8 @@ pub struct Live {
     /// The request-side rules (`alias`, `system_prompt`, `param`, `stop`), sharing the
     /// pipeline's rule table and counters.
     pub request: RequestPatches,
+    /// The `detect` rules (agent failures), sharing the same table and counters.
+    pub detect: Arc<Detectors>,
     /// When this snapshot was built.
     pub built: SystemTime,
 }
@@ -30,21 +35,28 @@ pub struct Live {
 impl Live {
     /// No rules: every response passes through untouched.
     pub fn empty() -> Self {
-        Self::from_pipeline(Pipeline::empty())
+        Live {
+            request: RequestPatches::new(Pipeline::empty().table().clone()),
+            detect: Arc::new(Detectors::default()),
+            pipeline: Pipeline::empty(),
+            built: SystemTime::now(),
+        }
     }
 
     /// Validated rules → compiled snapshot.
     pub fn build(rules: Vec<Rule>) -> Result<Self, Vec<RuleError>> {
-        Ok(Self::from_pipeline(Pipeline::new(rules)?))
+        Self::from_pipeline(Pipeline::new(rules)?)
     }
 
-    /// The snapshot of a compiled pipeline: its request-side rules picked out of its table.
-    pub fn from_pipeline(pipeline: Pipeline) -> Self {
-        Live {
+    /// The snapshot of a compiled pipeline: its request-side and `detect` rules picked out of
+    /// its table (a `detect` pattern that cannot run fails the build).
+    pub fn from_pipeline(pipeline: Pipeline) -> Result<Self, Vec<RuleError>> {
+        Ok(Live {
             request: RequestPatches::new(pipeline.table().clone()),
+            detect: Arc::new(Detectors::new(pipeline.table().clone())?),
             pipeline,
             built: SystemTime::now(),
-        }
+        })
     }
 
     /// Reads, validates and compiles every `*.toml` in `dir` (a missing dir means no rules).

@@ -556,9 +556,7 @@ impl Worker {
 
 /// Validated rules → a live snapshot whose counters continue from `counters`.
 pub fn build(rules: Vec<Rule>, counters: &CounterRegistry) -> Result<Live, Vec<RuleError>> {
-    Ok(Live::from_pipeline(Pipeline::with_counters(
-        rules, counters,
-    )?))
+    Live::from_pipeline(Pipeline::with_counters(rules, counters)?)
 }
 
 fn store_error(error: StoreError) -> RuleError {

@@ -346,7 +346,9 @@ async fn health(state: &ProxyState) -> Response<ProxyBody> {
 /// * `behaviorPatchesApplied`: applied request-side patches (`system_prompt`, `param`,
 ///   `stop`, `alias`);
 /// * `behaviorPatchesSkipped`: requests request-side rules applied to but could not patch
-///   (not JSON, or an unexpected type where a rule writes), forwarded as sent.
+///   (not JSON, or an unexpected type where a rule writes), forwarded as sent;
+/// * `failuresDetected`, `retries`, `retriesSucceeded`: `detect` rules — failures seen
+///   (shadowed included), requests sent again, retried answers no enforced rule failed.
 fn stats(state: &ProxyState) -> Value {
     let stats = &state.stats;
     let live = state.live.load();
@@ -392,6 +394,9 @@ fn stats(state: &ProxyState) -> Value {
         "navigationErrorsFixed": navigation,
         "behaviorPatchesApplied": behavior,
         "behaviorPatchesSkipped": stats.request_patches_skipped.load(Ordering::Relaxed),
+        "failuresDetected": stats.failures_detected.load(Ordering::Relaxed),
+        "retries": stats.retries.load(Ordering::Relaxed),
+        "retriesSucceeded": stats.retries_succeeded.load(Ordering::Relaxed),
         "requests": {
             "total": stats.requests_total.load(Ordering::Relaxed),
             "inFlight": stats.requests_in_flight.load(Ordering::Relaxed),

@@ -113,8 +113,9 @@ impl Body for LimitedBody {
 pin_project! {
     /// The upstream's response body on its way to the client.
     pub struct UpstreamBody {
-        #[pin]
-        inner: Incoming,
+        // `None` while a `detect` retry is being sent (the first answer's body is dropped,
+        // which cancels its generation).
+        inner: Option<Incoming>,
         framing: Framing,
         // True when the response is length-delimited: extra bytes would corrupt it.
         fixed_length: bool,
@@ -137,7 +138,7 @@ impl UpstreamBody {
     pub fn new(inner: Incoming, framing: Framing, record: RequestRecord) -> Self {
         let fixed_length = inner.size_hint().exact().is_some();
         UpstreamBody {
-            inner,
+            inner: Some(inner),
             framing,
             fixed_length,
             done: false,
@@ -160,7 +161,10 @@ impl Body for UpstreamBody {
         if *this.done {
             return Poll::Ready(None);
         }
-        match ready!(this.inner.poll_frame(cx)) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Pending;
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.record.add_bytes(data.len());
@@ -188,11 +192,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done || self.inner.as_ref().is_some_and(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(SizeHint::default, Body::size_hint)
     }
 }
 
@@ -201,22 +207,47 @@ impl UpstreamBody {
     pub fn mark_blocked(self: Pin<&mut Self>) {
         self.project().record.blocked();
     }
+
+    /// Drops the upstream's body (which cancels its generation); nothing is read until
+    /// [`UpstreamBody::resume`] gives it another.
+    pub fn cancel(self: Pin<&mut Self>) {
+        *self.project().inner = None;
+    }
+
+    /// Continues with the body of another upstream response (a retried request's).
+    pub fn resume(self: Pin<&mut Self>, inner: Incoming) {
+        let this = self.project();
+        *this.fixed_length = inner.size_hint().exact().is_some();
+        *this.inner = Some(inner);
+        *this.done = false;
+    }
+}
+
+/// A response body that a block rule may end early.
+pub trait Blockable: Body<Data = Bytes, Error = BoxError> {
+    fn mark_blocked(self: Pin<&mut Self>);
+}
+
+impl Blockable for UpstreamBody {
+    fn mark_blocked(self: Pin<&mut Self>) {
+        UpstreamBody::mark_blocked(self)
+    }
 }
 
 pin_project! {
     /// A streamed response with the rules applied.
-    pub struct PatchBody {
+    pub struct PatchBody<B> {
         #[pin]
-        inner: UpstreamBody,
+        inner: B,
         rewriter: Rewriter,
         sink: HitSink,
         done: bool,
     }
 }
 
-impl PatchBody {
+impl<B> PatchBody<B> {
     /// Corrections go to `sink` as they are decided.
-    pub fn new(inner: UpstreamBody, rewriter: Rewriter, sink: HitSink) -> Self {
+    pub fn new(inner: B, rewriter: Rewriter, sink: HitSink) -> Self {
         PatchBody {
             inner,
             rewriter,
@@ -226,7 +257,7 @@ impl PatchBody {
     }
 }
 
-impl Body for PatchBody {
+impl<B: Blockable> Body for PatchBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 

@@ -12,12 +12,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::audit::HitSink;
+use crate::detect::Tools;
 use crate::edge::guard::is_model_management;
 use crate::edge::wire::{Flavor, Framing};
 use crate::patch::rewrite::{rewrite_json_in, Format, Rewriter};
 use crate::patch::{Compiled, Context};
 use crate::proxy::admin;
 use crate::proxy::body::{BodyFault, LimitedBody, PatchBody, ProxyBody, UpstreamBody};
+use crate::proxy::detect::{self, DetectBody, Plan, Resend};
 use crate::proxy::error::ProxyError;
 use crate::proxy::state::{ProxyState, RequestRecord};
 use crate::proxy::upstream::{strip_hop_by_hop, SendError};
@@ -128,13 +130,15 @@ struct Upstreamed {
     endpoint: Option<Endpoint>,
     /// The rules to apply, when any apply to this request.
     patch: Option<Patch>,
+    /// The `detect` rules to watch the answer with, when any apply.
+    detect: Option<Plan>,
+    /// The model the request names (after aliases).
+    model: Arc<str>,
 }
 
-/// What to patch a response with, and for which model.
+/// What to patch a response with.
 struct Patch {
     compiled: Arc<Compiled>,
-    endpoint: Endpoint,
-    model: Arc<str>,
     /// The request's workspace, for path rules.
     context: Context,
 }
@@ -183,8 +187,11 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
         .then(|| Endpoint::of_path(parts.uri.path()))
         .flatten();
     let patchable = endpoint.filter(|_| {
-        (!live.pipeline.is_empty() || !live.request.is_empty()) && state.patching_enabled()
+        (!live.pipeline.is_empty() || !live.request.is_empty() || !live.detect.is_empty())
+            && state.patching_enabled()
     });
+    let mut detect = None;
+    let mut request_model: Arc<str> = Arc::from("");
     let (body, patch) = match patchable {
         Some(endpoint) => {
             let bytes = match body.collect().await {
@@ -230,6 +237,22 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
                     }
                 }
             }
+            request_model = Arc::from(model.as_str());
+            detect = live.detect.select(&model, endpoint).map(|selected| {
+                let request = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                let resend = selected.may_retry().then(|| Resend {
+                    method: parts.method.clone(),
+                    uri: uri.clone(),
+                    headers: parts.headers.clone(),
+                    body: bytes.clone(),
+                });
+                Plan {
+                    selected,
+                    tools: Arc::new(Tools::of_request(&request)),
+                    endpoint,
+                    resend,
+                }
+            });
             let patch = live
                 .pipeline
                 .select(&model, Some(endpoint))
@@ -243,12 +266,7 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
                             );
                         }
                     }
-                    Patch {
-                        compiled,
-                        endpoint,
-                        model: Arc::from(model),
-                        context,
-                    }
+                    Patch { compiled, context }
                 });
             let body = Full::new(bytes)
                 .map_err(|never| match never {})
@@ -273,6 +291,8 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
                 waited,
                 endpoint,
                 patch,
+                detect,
+                model: request_model,
             })
         }
         // A failing client body surfaces as an upstream error; report the client's fault.
@@ -296,7 +316,7 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
 
 /// Builds the client's response: the upstream's, streamed, with the rules applied when any do.
 async fn respond(
-    state: &ProxyState,
+    state: &Arc<ProxyState>,
     upstreamed: Upstreamed,
     mut record: RequestRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -305,6 +325,8 @@ async fn respond(
         waited,
         endpoint,
         patch,
+        detect,
+        model,
     } = upstreamed;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -317,22 +339,19 @@ async fn respond(
         }
     }
     let body = UpstreamBody::new(body, framing, record);
-    let patch = patch.filter(|_| {
-        parts.status.is_success() && !parts.headers.contains_key(header::CONTENT_ENCODING)
-    });
-    let Some(Patch {
-        compiled,
-        endpoint,
-        model,
-        context,
-    }) = patch
-    else {
+    let answered =
+        parts.status.is_success() && !parts.headers.contains_key(header::CONTENT_ENCODING);
+    let patch = patch.filter(|_| answered);
+    let detect = detect.filter(|_| answered);
+    let Some(endpoint) = endpoint.filter(|_| patch.is_some() || detect.is_some()) else {
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
     };
-    state
-        .stats
-        .requests_patched
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if patch.is_some() {
+        state
+            .stats
+            .requests_patched
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let sink = HitSink {
         audit: state.audit.clone(),
         metrics: state.metrics.clone(),
@@ -352,7 +371,14 @@ async fn respond(
                     reason: error.to_string(),
                 })?
                 .to_bytes();
-            let bytes = match rewrite_json_in(&compiled, endpoint, &bytes, &context) {
+            let bytes = match &detect {
+                Some(plan) => detect::whole(state, plan, &sink, bytes).await,
+                None => bytes,
+            };
+            let patched = patch.as_ref().and_then(|patch| {
+                rewrite_json_in(&patch.compiled, endpoint, &bytes, &patch.context)
+            });
+            let bytes = match patched {
                 Some((patched, hits)) => {
                     sink.record(hits);
                     Bytes::from(patched)
@@ -371,11 +397,32 @@ async fn respond(
     };
     // The length changes with the text; the stream is re-framed as chunked.
     parts.headers.remove(header::CONTENT_LENGTH);
-    let rewriter = Rewriter::in_context(compiled, endpoint, format, context);
-    Ok(Response::from_parts(
-        parts,
-        PatchBody::new(body, rewriter, sink).boxed_unsync(),
-    ))
+    let body = match (detect, patch) {
+        (Some(plan), patch) => {
+            let watched =
+                DetectBody::new(body, framing, state.clone(), Arc::new(plan), sink.clone());
+            match patch {
+                Some(Patch {
+                    compiled, context, ..
+                }) => {
+                    let rewriter = Rewriter::in_context(compiled, endpoint, format, context);
+                    PatchBody::new(watched, rewriter, sink).boxed_unsync()
+                }
+                None => watched.boxed_unsync(),
+            }
+        }
+        (
+            None,
+            Some(Patch {
+                compiled, context, ..
+            }),
+        ) => {
+            let rewriter = Rewriter::in_context(compiled, endpoint, format, context);
+            PatchBody::new(body, rewriter, sink).boxed_unsync()
+        }
+        (None, None) => body.boxed_unsync(),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {

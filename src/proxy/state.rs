@@ -134,6 +134,12 @@ pub struct Stats {
     pub requests_patched: AtomicU64,
     /// Requests whose body request-side rules could not patch (forwarded as sent).
     pub request_patches_skipped: AtomicU64,
+    /// Agent failures `detect` rules saw (shadowed ones included).
+    pub failures_detected: AtomicU64,
+    /// Requests sent again by `retry` rules.
+    pub retries: AtomicU64,
+    /// Retried answers that no enforced `retry` or `stop` rule found failing.
+    pub retries_succeeded: AtomicU64,
 }
 
 /// How a request ended, for the access log.

@@ -89,6 +89,10 @@ const ALL_FIELDS: &[&str] = &[
     "sequences",
     "from",
     "to",
+    "max_retries",
+    "correction",
+    "retry_options",
+    "repeats",
     "description",
 ];
 
@@ -105,10 +109,11 @@ pub enum Kind {
     Param,
     Stop,
     Alias,
+    Detect,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Replace,
         Kind::Regex,
         Kind::Redact,
@@ -118,6 +123,7 @@ impl Kind {
         Kind::Param,
         Kind::Stop,
         Kind::Alias,
+        Kind::Detect,
     ];
 
     /// The name used in rule files.
@@ -132,6 +138,7 @@ impl Kind {
             Kind::Param => "param",
             Kind::Stop => "stop",
             Kind::Alias => "alias",
+            Kind::Detect => "detect",
         }
     }
 
@@ -152,6 +159,18 @@ impl Kind {
             Kind::Param => &["name", "value", "op"],
             Kind::Stop => &["sequences"],
             Kind::Alias => &["from", "to"],
+            Kind::Detect => &[
+                "detector",
+                "pattern",
+                "position",
+                "max_len",
+                "case_insensitive",
+                "action",
+                "max_retries",
+                "correction",
+                "retry_options",
+                "repeats",
+            ],
         }
     }
 }
@@ -283,6 +302,14 @@ pub struct RuleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_options: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
@@ -316,6 +343,10 @@ impl RuleSpec {
             self.sequences.is_some(),
             self.from.is_some(),
             self.to.is_some(),
+            self.max_retries.is_some(),
+            self.correction.is_some(),
+            self.retry_options.is_some(),
+            self.repeats.is_some(),
             self.description.is_some(),
         ];
         ALL_FIELDS
@@ -354,6 +385,7 @@ impl Rule {
             Action::Param { .. } => Kind::Param,
             Action::Stop { .. } => Kind::Stop,
             Action::Alias { .. } => Kind::Alias,
+            Action::Detect(_) => Kind::Detect,
         }
     }
 
@@ -446,6 +478,31 @@ impl Rule {
                 spec.from = Some(from.clone());
                 spec.to = Some(to.clone());
             }
+            Action::Detect(detect) => {
+                match &detect.check {
+                    Check::Builtin(failure) => spec.detector = Some(failure.name().to_string()),
+                    Check::Pattern {
+                        pattern,
+                        position,
+                        case_insensitive,
+                        max_len,
+                    } => {
+                        spec.pattern = Some(pattern.clone());
+                        spec.position = Some(position.name().to_string());
+                        spec.case_insensitive = Some(*case_insensitive);
+                        spec.max_len = Some(*max_len);
+                    }
+                }
+                spec.action = Some(detect.on_failure.name().to_string());
+                if detect.on_failure == OnFailure::Retry {
+                    spec.max_retries = Some(detect.max_retries);
+                    spec.correction = detect.correction.clone();
+                    if !detect.retry_options.is_empty() {
+                        spec.retry_options = toml::Value::try_from(&detect.retry_options).ok();
+                    }
+                }
+                spec.repeats = detect.repeats;
+            }
         }
         spec
     }
@@ -520,6 +577,127 @@ pub enum Action {
     Stop { sequences: Vec<String> },
     /// Rewrite the request's model: `from` is a model glob, `to` the name the upstream sees.
     Alias { from: String, to: String },
+    /// Watch the answer for a failure of the agent (a refusal, a loop, a bad tool call) and
+    /// audit it, retry the request, or stop the answer.
+    Detect(Detect),
+}
+
+/// A `detect` rule: what it watches for and what it does when it sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detect {
+    pub check: Check,
+    pub on_failure: OnFailure,
+    /// Retries per request (`retry` only): 1 to [`MAX_RETRIES`].
+    pub max_retries: usize,
+    /// Text added to the retried request (`retry` only).
+    pub correction: Option<String>,
+    /// Options merged into the retried request (`retry` only): Ollama `options` keys, or
+    /// top-level keys on the OpenAI endpoints.
+    pub retry_options: serde_json::Map<String, serde_json::Value>,
+    /// `repetition` only: how many times in a row a span must repeat.
+    pub repeats: Option<usize>,
+}
+
+/// The most retries a `detect` rule may ask for per request.
+pub const MAX_RETRIES: usize = 3;
+
+/// What a `detect` rule looks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    Builtin(Failure),
+    /// A custom regex over the answer's text.
+    Pattern {
+        pattern: String,
+        position: Anchor,
+        case_insensitive: bool,
+        /// Longest match in characters (the window searched around new text).
+        max_len: usize,
+    },
+}
+
+/// The built-in failure detectors of `detect` rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    Refusal,
+    Abandonment,
+    Empty,
+    Truncated,
+    ToolNotOffered,
+    ToolArgsInvalid,
+    Repetition,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 7] = [
+        Failure::Refusal,
+        Failure::Abandonment,
+        Failure::Empty,
+        Failure::Truncated,
+        Failure::ToolNotOffered,
+        Failure::ToolArgsInvalid,
+        Failure::Repetition,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Refusal => "refusal",
+            Failure::Abandonment => "abandonment",
+            Failure::Empty => "empty",
+            Failure::Truncated => "truncated",
+            Failure::ToolNotOffered => "tool_not_offered",
+            Failure::ToolArgsInvalid => "tool_args_invalid",
+            Failure::Repetition => "repetition",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Failure> {
+        Failure::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// Where a custom `detect` pattern must match: at the start of the answer (after leading
+/// whitespace) or anywhere in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    Start,
+    Anywhere,
+}
+
+impl Anchor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Anchor::Start => "start",
+            Anchor::Anywhere => "anywhere",
+        }
+    }
+}
+
+/// What a `detect` rule does with a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Record it only.
+    Audit,
+    /// Send the request again (with the correction), while nothing of the answer has reached
+    /// the client.
+    Retry,
+    /// End the answer there, well-formed, and cancel the generation.
+    Stop,
+}
+
+impl OnFailure {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnFailure::Audit => "audit",
+            OnFailure::Retry => "retry",
+            OnFailure::Stop => "stop",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<OnFailure> {
+        [OnFailure::Audit, OnFailure::Retry, OnFailure::Stop]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
 }
 
 /// Where a `system_prompt` rule's text goes.

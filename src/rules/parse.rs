@@ -321,6 +321,16 @@ pub(super) fn spec_from_table(
             "sequences" => strings(v).map(|s| spec.sequences = Some(s)),
             "from" => string(v).map(|s| spec.from = Some(s)),
             "to" => string(v).map(|s| spec.to = Some(s)),
+            "max_retries" => count(v).map(|n| spec.max_retries = Some(n)),
+            "correction" => string(v).map(|s| spec.correction = Some(s)),
+            "retry_options" => match v {
+                toml::Value::Table(_) => {
+                    spec.retry_options = Some(v.clone());
+                    Ok(())
+                }
+                other => Err(format!("expected a table, found {}", type_name(other))),
+            },
+            "repeats" => count(v).map(|n| spec.repeats = Some(n)),
             "description" => string(v).map(|s| spec.description = Some(s)),
             unknown => Err(unknown_field_message(unknown)),
         };

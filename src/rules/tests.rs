@@ -513,7 +513,7 @@ kind = "teleport"
     rules/t.toml:30: rule "p": field `action`: unknown action "fix-it"; expected fix or flag
     rules/t.toml:31: rule "p": field `patern`: unknown field (did you mean `pattern`?)
     rules/t.toml:34: rule "re": field `id`: duplicate id; first defined at rules/t.toml:8
-    rules/t.toml:35: rule "re": field `kind`: unknown kind "teleport"; expected one of: replace, regex, redact, block, path, system_prompt, param, stop, alias
+    rules/t.toml:35: rule "re": field `kind`: unknown kind "teleport"; expected one of: replace, regex, redact, block, path, system_prompt, param, stop, alias, detect
     "###);
 }
 

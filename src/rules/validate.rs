@@ -689,5 +689,157 @@ pub(super) fn build_action(r: &mut Report<'_>, kind: Kind, spec: &RuleSpec) -> O
                 to: to?,
             })
         }
+        Kind::Detect => detect(r, spec, case_insensitive),
     }
+}
+
+/// A `detect` rule: one check (`detector` or `pattern`) and what to do when it fires.
+fn detect(r: &mut Report<'_>, spec: &RuleSpec, case_insensitive: bool) -> Option<Action> {
+    let kind = Kind::Detect;
+    let on_failure = match spec.action.as_deref() {
+        None => Some(OnFailure::Audit),
+        Some(name) => {
+            let action = OnFailure::parse(name);
+            if action.is_none() {
+                r.field(
+                    "action",
+                    format!("unknown action {name:?}; expected audit, retry or stop"),
+                );
+            }
+            action
+        }
+    };
+    let max_len = r.max_len(spec.max_len);
+    let check = match (&spec.detector, &spec.pattern) {
+        (Some(_), Some(_)) => {
+            r.field("pattern", "give either `detector` or `pattern`, not both");
+            None
+        }
+        (None, None) => {
+            if !r.invalid.contains("detector") && !r.invalid.contains("pattern") {
+                r.at(
+                    None,
+                    "kind `detect` needs `detector` (a built-in) or `pattern` (a regex)",
+                );
+            }
+            None
+        }
+        (Some(name), None) => match Failure::parse(name) {
+            Some(failure) => {
+                for field in ["position", "max_len", "case_insensitive"] {
+                    if spec.present_fields().contains(&field) {
+                        r.field(field, "applies to a custom `pattern` only");
+                    }
+                }
+                Some(Check::Builtin(failure))
+            }
+            None => {
+                r.field(
+                    "detector",
+                    format!(
+                        "unknown detector {name:?}; known detectors: {}",
+                        one_of(Failure::ALL.map(Failure::name))
+                    ),
+                );
+                None
+            }
+        },
+        (None, Some(pattern)) => {
+            let position = match spec.position.as_deref() {
+                None | Some("anywhere") => Some(Anchor::Anywhere),
+                Some("start") => Some(Anchor::Start),
+                Some(other) => {
+                    r.field(
+                        "position",
+                        format!("unknown position {other:?}; expected start or anywhere"),
+                    );
+                    None
+                }
+            };
+            let max_len = max_len.map(|m| m.unwrap_or(DEFAULT_MAX_LEN));
+            r.pattern(pattern, case_insensitive, max_len, spec.max_len.is_some());
+            Some(Check::Pattern {
+                pattern: pattern.clone(),
+                position: position?,
+                case_insensitive,
+                max_len: max_len?,
+            })
+        }
+    };
+    if spec.repeats.is_some() && check != Some(Check::Builtin(Failure::Repetition)) {
+        r.field("repeats", "applies to `detector = \"repetition\"` only");
+    }
+    let repeats = match spec.repeats {
+        Some(n) if !(2..=1000).contains(&n) => {
+            r.field("repeats", format!("must be between 2 and 1000, not {n}"));
+            None
+        }
+        other => Some(other),
+    };
+    if on_failure != Some(OnFailure::Retry) {
+        for field in ["max_retries", "correction", "retry_options"] {
+            if spec.present_fields().contains(&field) {
+                r.field(field, "applies to `action = \"retry\"` only");
+            }
+        }
+    }
+    // A stop ends the answer where the failure shows; a failure that shows only when the
+    // answer has ended (or a start-of-answer phrase) has nothing left to stop.
+    if on_failure == Some(OnFailure::Stop) {
+        let stoppable = match &check {
+            Some(Check::Builtin(failure)) => {
+                matches!(failure, Failure::Repetition | Failure::Abandonment)
+            }
+            Some(Check::Pattern { .. }) => true,
+            None => true,
+        };
+        if !stoppable {
+            r.field(
+                "action",
+                "`stop` applies to `repetition`, `abandonment` and custom patterns; this \
+                 detector fires when there is nothing left to stop (use audit or retry)",
+            );
+        }
+    }
+    let max_retries = match spec.max_retries {
+        None => Some(1),
+        Some(n) if (1..=MAX_RETRIES).contains(&n) => Some(n),
+        Some(n) => {
+            r.field(
+                "max_retries",
+                format!("must be between 1 and {MAX_RETRIES}, not {n}"),
+            );
+            None
+        }
+    };
+    let retry_options = match &spec.retry_options {
+        None => Some(serde_json::Map::new()),
+        Some(value) => match toml_to_json(value) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            Ok(_) => {
+                r.field("retry_options", "must be a table");
+                None
+            }
+            Err(message) => {
+                r.field("retry_options", message);
+                None
+            }
+        },
+    };
+    if spec.correction.as_deref() == Some("") {
+        r.field(
+            "correction",
+            "must not be empty (leave it out to retry as sent)",
+        );
+        return None;
+    }
+    let _ = kind;
+    Some(Action::Detect(Detect {
+        check: check?,
+        on_failure: on_failure?,
+        max_retries: max_retries?,
+        correction: spec.correction.clone(),
+        retry_options: retry_options?,
+        repeats: repeats?,
+    }))
 }

@@ -184,6 +184,14 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(script: Script) -> Upstream {
+        Self::start_sequence(vec![script]).await
+    }
+
+    /// An upstream that answers its n-th request (counted over all connections) with
+    /// `scripts[n]`, and every request past the last with the last.
+    pub async fn start_sequence(scripts: Vec<Script>) -> Upstream {
+        let scripts = Arc::new(scripts);
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -191,8 +199,9 @@ impl Upstream {
         let (r, d) = (received.clone(), disconnects.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (script, r, d) = (script.clone(), r.clone(), d.clone());
-                tokio::spawn(serve_connection(stream, script, r, d));
+                let (scripts, served, r, d) =
+                    (scripts.clone(), served.clone(), r.clone(), d.clone());
+                tokio::spawn(serve_connection(stream, scripts, served, r, d));
             }
         });
         Upstream {
@@ -214,7 +223,8 @@ impl Upstream {
 
 async fn serve_connection(
     mut stream: TcpStream,
-    script: Script,
+    scripts: Arc<Vec<Script>>,
+    served: Arc<std::sync::atomic::AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
     disconnects: Arc<Mutex<Vec<Instant>>>,
 ) {
@@ -224,6 +234,8 @@ async fn serve_connection(
             return;
         };
         received.lock().unwrap().push(request);
+        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let script = &scripts[n.min(scripts.len() - 1)];
         let (mut reader, mut writer) = stream.split();
         let run = async {
             for step in &script.steps {
@@ -676,7 +688,15 @@ pub fn spawn_up(
     tag: &str,
     rules_toml: &str,
 ) -> (Spawned, std::net::SocketAddr, std::net::SocketAddr) {
-    let dir = tempdir(tag);
+    spawn_up_in(&tempdir(tag), rules_toml)
+}
+
+/// As [`spawn_up`], in `dir` (its rules in `dir/rules/request.toml`, which a test may rewrite).
+pub fn spawn_up_in(
+    dir: &std::path::Path,
+    rules_toml: &str,
+) -> (Spawned, std::net::SocketAddr, std::net::SocketAddr) {
+    let dir = dir.to_path_buf();
     let (models, rules) = (dir.join("models"), dir.join("rules"));
     std::fs::create_dir_all(&models).unwrap();
     std::fs::create_dir_all(&rules).unwrap();
@@ -718,4 +738,38 @@ pub fn spawn_up(
     }
     let (proxy, serve) = (proxy.unwrap(), serve.unwrap());
     (up, proxy, serve)
+}
+
+/// The unpacked sources of this project's dependencies, found through Cargo.lock.
+pub fn dependency_sources() -> Vec<std::path::PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")))
+        .unwrap();
+    let lock = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"),
+    )
+    .unwrap();
+    let lock: toml::Value = toml::from_str(&lock).unwrap();
+    let registries: Vec<std::path::PathBuf> = std::fs::read_dir(home.join("registry/src"))
+        .map(|dirs| dirs.flatten().map(|d| d.path()).collect())
+        .unwrap_or_default();
+    let mut dirs = Vec::new();
+    for package in lock["package"].as_array().unwrap() {
+        let (Some(name), Some(version)) = (package["name"].as_str(), package["version"].as_str())
+        else {
+            continue;
+        };
+        if package.get("source").is_none() {
+            continue; // this crate itself
+        }
+        for registry in &registries {
+            let dir = registry.join(format!("{name}-{version}"));
+            if dir.is_dir() {
+                dirs.push(dir);
+                break;
+            }
+        }
+    }
+    dirs
 }
