@@ -273,8 +273,8 @@ async fn main() {
         answers.len()
     );
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>12}",
-        "endpoint", "base p50", "added p50", "added p90", "added max", "p50 tokens"
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10}",
+        "endpoint", "base p50", "added p50", "added p90", "added max", "p50 tokens", "held>=1/2"
     );
     let mut worst_median_tokens: f64 = 0.0;
     for path in ["/api/chat", "/v1/chat/completions"] {
@@ -295,13 +295,19 @@ async fn main() {
         base.sort_by(f64::total_cmp);
         let median = percentile(&added, 0.5);
         worst_median_tokens = worst_median_tokens.max(median / token_ms as f64);
+        let held = added
+            .iter()
+            .filter(|&&ms| ms > token_ms as f64 / 2.0)
+            .count();
         println!(
-            "{path:<22} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>12.2}",
+            "{path:<22} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>12.2} {:>6}/{}",
             percentile(&base, 0.5),
             median,
             percentile(&added, 0.9),
             added[added.len() - 1],
-            median / token_ms as f64
+            median / token_ms as f64,
+            held,
+            added.len()
         );
     }
     let verdict = if worst_median_tokens <= 1.0 {

@@ -174,9 +174,18 @@ fn repetition_never_fires_on_the_code_of_this_builds_crates() {
     let crates = dependency_sources();
     assert!(crates.len() > 50, "only {} crates found", crates.len());
     let mut files = Vec::new();
-    // Up to PER_CRATE bytes of each crate's `src/`, whole files in path order: every crate
-    // has its say (a debug build reads about 0.2 MiB/s with all periods tracked).
-    const PER_CRATE: usize = 48 << 10;
+    // Up to 48 KiB of each crate's `src/`, whole files in path order: every crate has its say
+    // (a debug build reads about 0.2 MiB/s with all periods tracked). In a release build
+    // `RAWRXD_SCAN_PER_CRATE=0` reads everything:
+    // `RAWRXD_SCAN_PER_CRATE=0 cargo test --release --test detect_quality -- --nocapture`.
+    let per_crate = match std::env::var("RAWRXD_SCAN_PER_CRATE")
+        .ok()
+        .map(|v| v.parse())
+    {
+        Some(Ok(0)) => usize::MAX,
+        Some(Ok(n)) => n,
+        _ => 48 << 10,
+    };
     let mut texts = Vec::new();
     for dir in &crates {
         let mut crate_files = Vec::new();
@@ -186,7 +195,7 @@ fn repetition_never_fires_on_the_code_of_this_builds_crates() {
             let Ok(text) = std::fs::read_to_string(&file) else {
                 continue;
             };
-            if taken + text.len() > PER_CRATE {
+            if taken + text.len() > per_crate {
                 continue;
             }
             taken += text.len();

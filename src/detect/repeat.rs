@@ -16,7 +16,8 @@
 //! covers at least [`MIN_LOOP_TOKENS`] tokens, except where code repeats itself on purpose:
 //! a span with a comma and no sentence end that reads as code or data (`0x00,`, `false,`,
 //! `Token::U8(0),`, `b'_',` — a code mark, a number, or no capitalized word) is an element
-//! of a list or table, never a loop, and neither is a multiple of it; a span of numbers and
+//! of a list or table, never a loop, and neither is a multiple of it, nor a span of at most
+//! three tokens with a code mark (`UInt<UInt<…`); a span of numbers and
 //! punctuation only (`0 0 0`) is data, and so is a word after a backslash (`\x00`); a span of
 //! punctuation alone (`}`, `|`) must repeat [`PUNCTUATION_FACTOR`] times as often. These exceptions were found on real code — the sources of every crate this build
 //! pulls in (`tests/detect_quality.rs`): no trigger there, nor on the code answers of
@@ -232,11 +233,13 @@ impl Repeats {
             // it reads as code (`Token::U8(0),`, `b'_',`) or has no capitalized word
             // (`false,`, `0x00,`); "Yes, Yes, …" and "JSON, YAML, …" are loops.
             let data = if within(self.last_word) {
-                within(self.last_comma)
-                    && !within(self.last_end)
+                let list = within(self.last_comma)
                     && (within(self.last_code)
                         || within(self.last_number)
-                        || !within(self.last_capital))
+                        || !within(self.last_capital));
+                // `UInt<UInt<UInt<…` (generated type nesting): a short span with a code mark.
+                let nesting = p <= 3 && within(self.last_code);
+                (list || nesting) && !within(self.last_end)
             } else {
                 within(self.last_number)
             };
