@@ -717,3 +717,143 @@ action = "stop"
         "{report}"
     );
 }
+
+/// A whole (`"stream": false`) answer on `path` with `text` and, on the chat endpoints,
+/// `calls` (Ollama: arguments as objects; OpenAI: as strings).
+fn whole_answer(path: &str, text: &str, calls: &[(&str, &str)]) -> Value {
+    match path {
+        "/api/chat" => {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(|(name, args)| {
+                    json!({"function": {"name": name,
+                        "arguments": serde_json::from_str::<Value>(args).unwrap_or(json!(args))}})
+                })
+                .collect();
+            let mut message = json!({"role": "assistant", "content": text});
+            if !calls.is_empty() {
+                message["tool_calls"] = json!(calls);
+            }
+            json!({"model": "m", "created_at": "t", "message": message, "done": true,
+                "done_reason": "stop"})
+        }
+        "/api/generate" => json!({"model": "m", "created_at": "t", "response": text,
+            "done": true, "done_reason": "stop"}),
+        "/v1/chat/completions" => {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(|(name, args)| {
+                    json!({"id": "call_1", "type": "function",
+                        "function": {"name": name, "arguments": args}})
+                })
+                .collect();
+            let mut message = json!({"role": "assistant", "content": text});
+            if !calls.is_empty() {
+                message["tool_calls"] = json!(calls);
+            }
+            json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+        }
+        _ => json!({"id": "c1", "object": "text_completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}),
+    }
+}
+
+fn whole_script(answer: &Value) -> Script {
+    Script::status(200, "application/json", answer.to_string().as_bytes())
+}
+
+#[tokio::test]
+async fn every_text_detector_on_every_endpoint_not_streamed() {
+    let rules = r#"
+[[rule]]
+id = "refusal"
+kind = "detect"
+detector = "refusal"
+action = "retry"
+
+[[rule]]
+id = "empty"
+kind = "detect"
+detector = "empty"
+action = "retry"
+
+[[rule]]
+id = "handed-back"
+kind = "detect"
+detector = "abandonment"
+action = "retry"
+
+[[rule]]
+id = "loops"
+kind = "detect"
+detector = "repetition"
+action = "stop"
+
+[[rule]]
+id = "lorem"
+kind = "detect"
+pattern = 'lorem ipsum'
+action = "retry"
+"#;
+    let looped = format!("Ok.{}", " The code should not be modified.".repeat(30));
+    for (path, _) in ENDPOINTS {
+        for (first, rule) in [
+            ("I'm sorry, but I cannot help with that.", "refusal"),
+            ("", "empty"),
+            ("fn a() {}\nI'll leave the rest to you.", "handed-back"),
+            ("Some lorem ipsum here.", "lorem"),
+        ] {
+            let clean = whole_answer(path, "All done.", &[]);
+            let upstream = Upstream::start_sequence(vec![
+                whole_script(&whole_answer(path, first, &[])),
+                whole_script(&clean),
+            ])
+            .await;
+            let proxy = TestProxy::with_rules(&upstream.url(), rules).await;
+            let seen = call(proxy.addr, "POST", path, &request_body(path, false)).await;
+            assert_eq!(seen.json(), clean, "{path} {rule}");
+            assert_eq!(upstream.received.lock().unwrap().len(), 2, "{path} {rule}");
+        }
+        // A loop is cut, not retried.
+        let upstream = Upstream::start(whole_script(&whole_answer(path, &looped, &[]))).await;
+        let proxy = TestProxy::with_rules(&upstream.url(), rules).await;
+        let seen = call(proxy.addr, "POST", path, &request_body(path, false)).await;
+        let answer = seen.json();
+        assert_eq!(answer["rawrxd_stopped"], "loops", "{path}: {answer}");
+        let text = answer["response"]
+            .as_str()
+            .or(answer["message"]["content"].as_str())
+            .or(answer["choices"][0]["message"]["content"].as_str())
+            .or(answer["choices"][0]["text"].as_str())
+            .unwrap();
+        assert!(
+            looped.starts_with(text) && text.len() < looped.len() / 2,
+            "{path}: {text}"
+        );
+        assert_eq!(upstream.received.lock().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn bad_tool_calls_are_retried_not_streamed_in_both_shapes() {
+    for path in ["/api/chat", "/v1/chat/completions"] {
+        for (name, arguments) in [
+            ("write_file", r#"{"path":"a.rs"}"#),
+            ("read_file", r#"{"file":"a.rs"}"#),
+        ] {
+            let good = whole_answer(path, "", &[("read_file", r#"{"path":"src/main.rs"}"#)]);
+            let upstream = Upstream::start_sequence(vec![
+                whole_script(&whole_answer(path, "", &[(name, arguments)])),
+                whole_script(&good),
+            ])
+            .await;
+            let proxy = TestProxy::with_rules(&upstream.url(), TOOL_RULES).await;
+            let mut request: Value = serde_json::from_slice(&tool_request()).unwrap();
+            request["stream"] = json!(false);
+            let seen = call(proxy.addr, "POST", path, request.to_string().as_bytes()).await;
+            assert_eq!(seen.json(), good, "{path} {name}");
+            assert_eq!(upstream.received.lock().unwrap().len(), 2, "{path} {name}");
+        }
+    }
+}
