@@ -361,3 +361,94 @@ fn an_open_ended_start_pattern_stops_holding_past_its_bound() {
     w.end(Ending::Other);
     assert!(w.take_findings().is_empty());
 }
+
+/// Text made of a few words, sentence ends and code marks, so loops, refusals and list
+/// elements all turn up.
+fn text_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop::sample::select(vec![
+        "I",
+        "I'm",
+        " sorry",
+        ", but",
+        " can't",
+        " help",
+        " the",
+        " code",
+        ".",
+        " ",
+        "\n",
+        "0x00",
+        ",",
+        "(",
+        ")",
+        "Yes",
+        " é",
+        "好的",
+        "。",
+        "\\",
+        "x0",
+        "leave the rest to you",
+        "}",
+    ]);
+    let unit = prop::collection::vec(piece, 1..6).prop_map(|p| p.concat());
+    (prop::collection::vec(unit, 1..8), 1..40usize).prop_map(|(units, times)| {
+        let mut text = String::new();
+        for (i, unit) in units.iter().enumerate() {
+            // The last unit repeats, to make loops of every shape.
+            let n = if i + 1 == units.len() { times } else { 1 };
+            for _ in 0..n {
+                text.push_str(unit);
+            }
+        }
+        text
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// However the answer is cut into pieces, the watch finds the same failures at the same
+    /// places: streamed detection equals detection of the whole text.
+    #[test]
+    fn findings_do_not_depend_on_how_the_answer_is_cut(
+        text in text_strategy(),
+        cuts in proptest::collection::vec(1usize..12, 1..64),
+    ) {
+        let d = detectors(&[
+            &rule("r", "refusal", "retry"),
+            &rule("a", "abandonment", "audit"),
+            &rule("l", "repetition", "stop"),
+            "id = \"p\"\nkind = \"detect\"\npattern = 'help\\s+the'\naction = \"stop\"\n",
+        ]);
+        let whole = fed(&d, &[&text], Ending::Other);
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for cut in cuts.iter().cycle() {
+            if at >= text.len() {
+                break;
+            }
+            let mut end = (at + cut).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            pieces.push(&text[at..end]);
+            at = end;
+        }
+        let mut streamed = fed(&d, &pieces, Ending::Other);
+        let mut whole = whole;
+        // Within one piece rules fire in table order; across pieces, in text order.
+        whole.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
+        streamed.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
+        let key = |f: &Finding| (f.rule_id.clone(), f.detector);
+        proptest::prop_assert_eq!(
+            whole.iter().map(key).collect::<Vec<_>>(),
+            streamed.iter().map(key).collect::<Vec<_>>()
+        );
+        for (w, s) in whole.iter().zip(&streamed) {
+            if w.detector == "repetition" || w.detector == "pattern" {
+                proptest::prop_assert_eq!(w.at, s.at, "{}", w.detector);
+            }
+        }
+    }
+}
