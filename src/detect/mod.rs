@@ -203,6 +203,16 @@ impl Selected {
         self.armed().find(|a| a.index == index)
     }
 
+    /// Whether a rule checks tool calls (the proxy then reads the request's `tools`).
+    pub fn checks_tools(&self) -> bool {
+        self.armed().any(|a| {
+            matches!(
+                a.detect.check,
+                Check::Builtin(Failure::ToolNotOffered | Failure::ToolArgsInvalid)
+            )
+        })
+    }
+
     /// Whether any enforced rule may retry (the proxy then keeps the request to re-send).
     pub fn may_retry(&self) -> bool {
         self.armed()
@@ -465,10 +475,6 @@ impl Watch {
     /// The tool calls so far.
     pub fn calls(&self) -> &[tools::Call] {
         &self.calls
-    }
-
-    pub fn selected(&self) -> &Selected {
-        &self.selected
     }
 
     fn armed(&self, slot: usize) -> &Armed {

@@ -7,7 +7,7 @@ use regex::Regex;
 use regex_automata::dfa::{dense, Automaton};
 use regex_automata::util::primitives::StateID;
 use regex_automata::util::start;
-use regex_automata::{Anchored, Input};
+use regex_automata::Anchored;
 
 const PHRASES: &str = include_str!("phrases.toml");
 
@@ -179,12 +179,6 @@ impl StartPattern {
                 self.dfa.is_match_state(id)
             }
         }
-    }
-
-    /// Whether `text` (a whole answer) matches.
-    pub fn is_match(&self, text: &str) -> bool {
-        let input = Input::new(text).anchored(Anchored::Yes);
-        matches!(self.dfa.try_search_fwd(&input), Ok(Some(_)))
     }
 
     fn classify(&self, id: StateID) -> StartState {

@@ -752,7 +752,7 @@ impl Rewriter {
 }
 
 /// The `data:` lines of an SSE event, joined.
-fn sse_data(event: &[u8]) -> String {
+pub(crate) fn sse_data(event: &[u8]) -> String {
     let text = String::from_utf8_lossy(event);
     let data: Vec<&str> = text
         .lines()
@@ -1100,13 +1100,13 @@ fn write_event(chunk: &Map<String, Value>, out: &mut Vec<u8>) {
     }
 }
 
-fn trim_newline(line: &[u8]) -> &[u8] {
+pub(crate) fn trim_newline(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Length of the first complete SSE event (through its blank line), if there is one.
-fn event_end(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn event_end(bytes: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\n' {

@@ -449,14 +449,12 @@ impl Body for DetectBody {
                             format!("stopped after {at} bytes of text"),
                         );
                         this.out.append(this.held);
+                        this.out.extend(&unit);
                         if !this.reader.ended {
-                            this.out.extend(&unit);
-                            this.out.extend(
-                                this.reader
-                                    .stop_ending(this.plan.endpoint, &finding.rule_id),
-                            );
-                        } else {
-                            this.out.extend(&unit);
+                            let ending = this
+                                .reader
+                                .stop_ending(this.plan.endpoint, &finding.rule_id);
+                            this.out.extend(ending);
                         }
                         this.inner.as_mut().cancel();
                         this.inner.as_mut().mark_blocked();

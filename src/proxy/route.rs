@@ -239,7 +239,13 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
             }
             request_model = Arc::from(model.as_str());
             detect = live.detect.select(&model, endpoint).map(|selected| {
-                let request = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                // The body is parsed again only when a rule checks tool calls against it.
+                let tools = match selected.checks_tools() {
+                    true => Tools::of_request(
+                        &serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+                    ),
+                    false => Tools::default(),
+                };
                 let resend = selected.may_retry().then(|| Resend {
                     method: parts.method.clone(),
                     uri: uri.clone(),
@@ -248,7 +254,7 @@ async fn forward(state: &ProxyState, request: Request<Incoming>) -> Result<Upstr
                 });
                 Plan {
                     selected,
-                    tools: Arc::new(Tools::of_request(&request)),
+                    tools: Arc::new(tools),
                     endpoint,
                     resend,
                 }

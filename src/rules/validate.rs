@@ -695,7 +695,7 @@ pub(super) fn build_action(r: &mut Report<'_>, kind: Kind, spec: &RuleSpec) -> O
 
 /// A `detect` rule: one check (`detector` or `pattern`) and what to do when it fires.
 fn detect(r: &mut Report<'_>, spec: &RuleSpec, case_insensitive: bool) -> Option<Action> {
-    let kind = Kind::Detect;
+    let present = spec.present_fields();
     let on_failure = match spec.action.as_deref() {
         None => Some(OnFailure::Audit),
         Some(name) => {
@@ -727,7 +727,7 @@ fn detect(r: &mut Report<'_>, spec: &RuleSpec, case_insensitive: bool) -> Option
         (Some(name), None) => match Failure::parse(name) {
             Some(failure) => {
                 for field in ["position", "max_len", "case_insensitive"] {
-                    if spec.present_fields().contains(&field) {
+                    if present.contains(&field) {
                         r.field(field, "applies to a custom `pattern` only");
                     }
                 }
@@ -778,7 +778,7 @@ fn detect(r: &mut Report<'_>, spec: &RuleSpec, case_insensitive: bool) -> Option
     };
     if on_failure != Some(OnFailure::Retry) {
         for field in ["max_retries", "correction", "retry_options"] {
-            if spec.present_fields().contains(&field) {
+            if present.contains(&field) {
                 r.field(field, "applies to `action = \"retry\"` only");
             }
         }
@@ -833,7 +833,6 @@ fn detect(r: &mut Report<'_>, spec: &RuleSpec, case_insensitive: bool) -> Option
         );
         return None;
     }
-    let _ = kind;
     Some(Action::Detect(Detect {
         check: check?,
         on_failure: on_failure?,
