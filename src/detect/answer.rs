@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::detect::tools::{Arguments, Call};
 use crate::detect::{Ending, Watch};
+use crate::patch::rewrite::{event_end, sse_data, trim_newline};
 use crate::rules::Endpoint;
 
 /// Reads one answer's units into a [`Watch`], remembering what a stop ending needs.
@@ -26,7 +27,7 @@ pub struct Reader {
 impl Reader {
     /// One NDJSON line of `/api/generate` or `/api/chat`.
     pub fn ndjson_line(&mut self, endpoint: Endpoint, line: &[u8], watch: &mut Watch) {
-        let Ok(Value::Object(chunk)) = serde_json::from_slice::<Value>(trim(line)) else {
+        let Ok(Value::Object(chunk)) = serde_json::from_slice::<Value>(trim_newline(line)) else {
             return;
         };
         self.remember(&chunk, &["model"]);
@@ -304,33 +305,13 @@ fn ending_of(reason: Option<&Value>) -> Ending {
     }
 }
 
-/// The `data:` lines of one SSE event, joined.
-fn sse_data(event: &[u8]) -> String {
-    let text = String::from_utf8_lossy(event);
-    let mut data = String::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
-        }
-    }
-    data
-}
-
-fn trim(line: &[u8]) -> &[u8] {
-    let mut line = line;
-    while let [rest @ .., b'\n' | b'\r'] = line {
-        line = rest;
-    }
-    line
-}
-
 /// Now as RFC 3339 with nanoseconds, UTC (Ollama's `created_at`).
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
+
+/// The longest line or event read as one unit.
+pub const MAX_UNIT: usize = 1 << 20;
 
 /// Splits a byte stream into NDJSON lines or SSE events, keeping an unfinished one.
 #[derive(Debug, Default)]
@@ -351,12 +332,19 @@ impl Units {
         self.buffer.extend_from_slice(bytes);
     }
 
-    /// The next whole unit (with its terminator), if one is complete.
+    /// The next whole unit (with its terminator), if one is complete — or, past
+    /// [`MAX_UNIT`] bytes without an end, what there is (it will not parse, and goes out as
+    /// it came: an upstream that never ends its line must not grow the proxy's memory).
     pub fn next_unit(&mut self) -> Option<Vec<u8>> {
         let end = if self.sse {
-            event_end(&self.buffer)?
+            event_end(&self.buffer)
         } else {
-            self.buffer.iter().position(|&b| b == b'\n')? + 1
+            self.buffer.iter().position(|&b| b == b'\n').map(|i| i + 1)
+        };
+        let end = match end {
+            Some(end) => end,
+            None if self.buffer.len() > MAX_UNIT => self.buffer.len(),
+            None => return None,
         };
         Some(self.buffer.drain(..end).collect())
     }
@@ -365,19 +353,4 @@ impl Units {
     pub fn rest(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buffer)
     }
-}
-
-/// The end of the first SSE event (after its blank line), `\n\n`, `\r\n\r\n` or `\r\r`.
-fn event_end(bytes: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\n' if bytes.get(i + 1) == Some(&b'\n') => return Some(i + 2),
-            b'\r' if bytes[i + 1..].starts_with(b"\n\r\n") => return Some(i + 4),
-            b'\r' if bytes.get(i + 1) == Some(&b'\r') => return Some(i + 2),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }

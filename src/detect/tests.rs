@@ -156,6 +156,29 @@ fn tool_calls_are_checked_against_the_offered_tools_and_their_schemas() {
         )),
         ["tool_args_invalid"]
     );
+    // A `$ref` to a URL is not fetched, and a backtracking `pattern` does not compile on the
+    // linear-time engine: the schema is not held against the call (only "a JSON object" is).
+    let hostile = serde_json::json!({"tools": [{"type": "function", "function": {
+        "name": "f",
+        "parameters": {"type": "object", "properties": {
+            "a": {"$ref": "http://127.0.0.1:9/schema.json"},
+            "b": {"type": "string", "pattern": "^(a+)+\\1$"}}}}}]});
+    let mut w = watch(&d, Tools::of_request(&hostile));
+    w.tool_call(call(
+        "f",
+        Arguments::Value(serde_json::json!({"b": format!("{}!", "a".repeat(40))})),
+    ));
+    w.end(Ending::Other);
+    assert!(w.take_findings().is_empty());
+    // Patterns the linear engine runs still hold.
+    let strict = serde_json::json!({"tools": [{"type": "function", "function": {
+        "name": "f",
+        "parameters": {"type": "object", "properties": {
+            "b": {"type": "string", "pattern": "^[a-z]+$"}}}}}]});
+    let mut w = watch(&d, Tools::of_request(&strict));
+    w.tool_call(call("f", Arguments::Value(serde_json::json!({"b": "A1"}))));
+    w.end(Ending::Other);
+    assert_eq!(w.take_findings().len(), 1);
 }
 
 #[test]
@@ -451,4 +474,31 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn units_split_lines_and_events_and_never_grow_past_their_cap() {
+    let mut lines = answer::Units::new(false);
+    lines.push(b"{\"a\":1}\n{\"b\"");
+    assert_eq!(lines.next_unit().as_deref(), Some(&b"{\"a\":1}\n"[..]));
+    assert_eq!(lines.next_unit(), None, "half a line waits");
+    lines.push(b":2}\n");
+    assert_eq!(lines.next_unit().as_deref(), Some(&b"{\"b\":2}\n"[..]));
+    let mut events = answer::Units::new(true);
+    events.push(b"data: {}\r\n\r\ndata: [DONE]\n\n");
+    assert_eq!(
+        events.next_unit().as_deref(),
+        Some(&b"data: {}\r\n\r\n"[..])
+    );
+    assert_eq!(
+        events.next_unit().as_deref(),
+        Some(&b"data: [DONE]\n\n"[..])
+    );
+    // A line that never ends goes out once it passes the cap.
+    let mut endless = answer::Units::new(false);
+    endless.push(&vec![b'x'; answer::MAX_UNIT + 1]);
+    assert_eq!(
+        endless.next_unit().map(|u| u.len()),
+        Some(answer::MAX_UNIT + 1)
+    );
 }

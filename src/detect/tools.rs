@@ -3,7 +3,8 @@
 //!
 //! Schemas are checked with the `jsonschema` crate, built without its HTTP and file
 //! resolvers: a tool schema is the client's (or a web page's) input, and a `$ref` to a URL
-//! must not make the proxy fetch anything. A schema that does not compile is not held
+//! must not make the proxy fetch anything; its `pattern`s run on the linear-time `regex`
+//! engine, so none can backtrack for long. A schema that does not compile is not held
 //! against the call (the check is then only "a JSON object").
 
 use std::collections::HashMap;
@@ -117,7 +118,12 @@ impl Tools {
             .entry(name.to_string())
             .or_insert_with(|| {
                 let schema = self.schemas.get(name)?.as_ref()?;
-                match jsonschema::validator_for(schema) {
+                // `pattern`s run on the linear-time `regex` engine: a schema is request input,
+                // and a backtracking pattern must not stall the proxy's worker thread.
+                let built = jsonschema::options()
+                    .with_pattern_options(jsonschema::PatternOptions::regex())
+                    .build(schema);
+                match built {
                     Ok(validator) => Some(std::sync::Arc::new(validator)),
                     Err(error) => {
                         tracing::debug!("tool {name:?}: schema not checked: {error}");
