@@ -5,13 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use rawrxd::serve::{EngineFlags, ServeArgs, ServeState};
+use rawrxd::serve::{EngineFlags, ServeArgs};
 use serde_json::{json, Value};
 
 const MODEL: &str = "gemma-3-270m-q4_k_m";
@@ -38,49 +40,14 @@ fn model_path() -> PathBuf {
 
 /// Starts a server on its own runtime thread; returns its address.
 fn start_server(parallel: u32, ctx: u32, max_body: usize) -> SocketAddr {
-    let args = ServeArgs {
-        listen: Some("127.0.0.1:0".into()),
-        config: None,
-        admin_token: None,
-        engine: EngineFlags {
-            models: Some(std::env::temp_dir().join("rawrxd-serve-test-no-models")),
-            model: vec![model_path().display().to_string()],
-            parallel: Some(parallel),
-            threads: Some(2),
-            ctx_size: Some(ctx),
-            queue: Some(16),
-            preload: false,
-            max_loaded: None,
-        },
-    };
-    let mut config = args.validate().unwrap();
+    let mut config = support::serve_config(parallel, ctx, vec![model_path().display().to_string()]);
     config.max_body = max_body;
     launch(config)
 }
 
 /// Runs `rawrxd serve` with `config` in-process on its own runtime thread; returns its address.
 fn launch(config: rawrxd::serve::ServeConfig) -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let state = std::sync::Arc::new(ServeState::new(&config));
-            rawrxd::serve::run(
-                listener,
-                state,
-                std::future::pending(),
-                config.shutdown_grace,
-            )
-            .await;
-        });
-    });
-    rx.recv().unwrap()
+    support::launch_serve(config)
 }
 
 /// Generations batched together are not bit-identical to the same generation run alone
@@ -895,9 +862,18 @@ fn prompts_longer_than_a_batch_are_chunked_and_too_long_ones_are_400() {
     let prompt = body["prompt_eval_count"].as_u64().unwrap();
     assert!((512..1024).contains(&prompt), "{prompt}");
 
+    // Longer than the slot: generate keeps the prompt's tail (Ollama's truncation, issue 18);
+    // a chat whose one message cannot fit is refused.
     let too_long = "apple banana cherry ".repeat(400);
-    let reply =
-        generate(json!({"model": MODEL, "prompt": too_long, "options": {"num_predict": 3}}));
+    let reply = generate(
+        json!({"model": MODEL, "prompt": too_long, "stream": false, "options": {"num_predict": 3}}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["prompt_eval_count"], 1024 - 3);
+    let reply = post(
+        "/api/chat",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": too_long}], "options": {"num_predict": 3}}),
+    );
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert!(reply.json()["error"]
         .as_str()

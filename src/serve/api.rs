@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::engine::{Done, EngineError, Event, Job};
+use super::engine::{answer_room, Done, EngineError, Event, Job};
+use super::fit::fit_messages;
 use super::http::{full, json, read_json, stream, EventBody, Format, ServeBody, ServeError};
 use super::models::{Loaded, ModelError, ModelFile};
 use super::options::{self, Options};
@@ -142,6 +143,8 @@ fn engine_stats(l: &Loaded) -> Value {
         "prompt_tokens_evaluated": stats.prompt_tokens_evaluated.load(Relaxed),
         "embed_inputs": stats.embed_inputs.load(Relaxed),
         "embeds_cancelled": stats.embeds_cancelled.load(Relaxed),
+        "context_shifts": stats.context_shifts.load(Relaxed),
+        "prompts_truncated": stats.prompts_truncated.load(Relaxed),
     })
 }
 
@@ -312,6 +315,8 @@ pub(super) struct Ask {
     pub options: Options,
     pub format: Option<Value>,
     pub context: Vec<i32>,
+    /// A prompt longer than the context keeps its tail (generate); chat drops old messages.
+    pub keep_tail: bool,
 }
 
 /// A request admitted by the engine, with its first event already received.
@@ -354,6 +359,9 @@ pub(super) async fn start(
     let mut job = job(&ask.options.or(&defaults), ask.format.as_ref(), ask.context)?;
     let (loaded, load_duration) = state.models.load_file(file, keep_alive).await?;
     let model_system = manifest.system.clone().unwrap_or_default();
+    let ctx_per_slot = loaded.engine.config().ctx_per_slot;
+    job.context_shift = can_shift(&loaded.meta);
+    job.keep_tail = ask.keep_tail;
     job.prompt = match prompt {
         PromptSpec::Text(text) => text,
         PromptSpec::Template {
@@ -376,12 +384,41 @@ pub(super) async fn start(
                     },
                 );
             }
-            match &manifest.template {
-                Some(t) => template::render_turns(t, &messages),
-                None => {
-                    template::render(&loaded.engine.model, loaded.meta.architecture(), &messages)
-                        .map_err(ServeError::BadRequest)?
+            let limit = job.num_ctx.map_or(ctx_per_slot, |n| n.min(ctx_per_slot)) as usize;
+            let room = answer_room(limit, job.num_predict);
+            let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
+            let model = &loaded.engine.model;
+            let render = |kept: &[usize]| {
+                let subset: Vec<Message> = kept.iter().map(|&i| messages[i].clone()).collect();
+                match &manifest.template {
+                    Some(t) => Ok(template::render_turns(t, &subset)),
+                    None => template::render(model, loaded.meta.architecture(), &subset),
                 }
+            };
+            let count = |prompt: &str| {
+                let vocab = model.vocab();
+                vocab
+                    .tokenize(prompt.as_bytes(), vocab.should_add_bos(), true)
+                    .len()
+            };
+            if job.keep_tail {
+                // Generate keeps its prompt's tail instead (the engine cuts it).
+                let all: Vec<usize> = (0..messages.len()).collect();
+                render(&all).map_err(ServeError::BadRequest)?
+            } else {
+                let fitted = fit_messages(&roles, limit, room, render, count)
+                    .map_err(ServeError::BadRequest)?;
+                if fitted.dropped > 0 {
+                    tracing::info!(
+                        model = %file.name,
+                        dropped = fitted.dropped,
+                        kept = fitted.kept.len(),
+                        prompt_tokens = fitted.tokens,
+                        num_ctx = limit,
+                        "conversation longer than the context: dropped its oldest messages"
+                    );
+                }
+                fitted.prompt
             }
         }
     };
@@ -406,9 +443,19 @@ pub(super) async fn start(
     })
 }
 
+/// Whether a model's KV cache can move positions (a context shift): not with multi-section
+/// RoPE (Qwen2-VL-style `rope.dimension_sections`), where llama.cpp cannot shift.
+fn can_shift(meta: &GgufMeta) -> bool {
+    let key = format!("{}.rope.dimension_sections", meta.architecture());
+    !meta.kv.contains_key(&key)
+}
+
 /// The engine job for Ollama `options` and `format`.
 fn job(options: &Options, format: Option<&Value>, context: Vec<i32>) -> Result<Job, ServeError> {
     Ok(Job {
+        num_keep: options.num_keep(),
+        keep_tail: true,
+        context_shift: true,
         prompt: String::new(),
         context,
         sampling: options.sampling(),
@@ -564,6 +611,7 @@ pub async fn generate(
         options: body.options.unwrap_or_default(),
         format: body.format,
         context,
+        keep_tail: true,
     };
     let system = body.system.filter(|s| !s.is_empty());
     let spec = if body.raw.unwrap_or(false) {
@@ -623,6 +671,7 @@ pub async fn chat(
         options: body.options.unwrap_or_default(),
         format: body.format,
         context: Vec::new(),
+        keep_tail: false,
     };
     let messages = messages
         .into_iter()

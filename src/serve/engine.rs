@@ -74,7 +74,28 @@ pub struct Job {
     /// Per-request context limit (`num_ctx`), at most the slot's.
     pub num_ctx: Option<u32>,
     pub grammar: Option<String>,
+    /// Tokens at the start of the context that a context shift never drops (Ollama's
+    /// `num_keep`).
+    pub num_keep: usize,
+    /// A prompt longer than the context keeps its first `num_keep` tokens and its tail
+    /// (Ollama's generate) instead of being rejected (chat, whose messages the caller has
+    /// already fitted).
+    pub keep_tail: bool,
+    /// When a generation reaches the end of the context, drop half of what follows the first
+    /// `num_keep` tokens and go on (false for models whose cache cannot shift positions).
+    pub context_shift: bool,
 }
+
+/// Room kept for the answer when a prompt is fitted into a context of `limit` tokens: the
+/// request's `num_predict`, or a quarter of the context, never more than half of it.
+pub fn answer_room(limit: usize, num_predict: Option<u32>) -> usize {
+    let half = (limit / 2).max(1);
+    num_predict.map_or(limit / 4, |n| n as usize).clamp(1, half)
+}
+
+/// Generation without `num_predict` stops after this many contexts' worth of tokens even
+/// when shifting could go on (Ollama's guard against endless generation: 10 × `num_ctx`).
+const UNBOUNDED_PREDICT_CONTEXTS: usize = 10;
 
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +215,10 @@ pub struct EngineStats {
     pub embed_inputs: AtomicU64,
     /// Embedding requests stopped because their client left.
     pub embeds_cancelled: AtomicU64,
+    /// Context shifts: a generation reached the end of its context and half of it was dropped.
+    pub context_shifts: AtomicU64,
+    /// Prompts cut to their tail because they were longer than the context.
+    pub prompts_truncated: AtomicU64,
 }
 
 /// Clears the engine's liveness flag when the worker thread ends.
@@ -347,6 +372,8 @@ struct Active {
     prompt_tokens: usize,
     generated: usize,
     limit_ctx: usize,
+    /// Most tokens to generate (`num_predict`, or 10 contexts when unset and shifting).
+    max_generated: Option<usize>,
     all_tokens: Vec<i32>,
     started: Instant,
     first_token: Option<Instant>,
@@ -507,6 +534,20 @@ fn worker(
                 continue;
             };
             if let Some(token) = active.next.take() {
+                if slot.cache.len() + 1 >= active.limit_ctx {
+                    let (can_shift, num_keep) =
+                        (active.queued.job.context_shift, active.queued.job.num_keep);
+                    let shifted = can_shift && shift_context(&mut ctx, slot, num_keep);
+                    if !shifted {
+                        // No room and no shift: the token is not decoded; the answer ends.
+                        if let Some(active) = slot.active.take() {
+                            finish(active, DoneReason::Length, false);
+                        }
+                        continue;
+                    }
+                    stats.context_shifts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(slot = slot.id, kept = slot.cache.len(), "context shifted");
+                }
                 slot.in_batch = true;
                 let pos = slot.cache.len() as i32;
                 if let Err(e) = batch.add(token, pos, &[slot.id], true) {
@@ -606,6 +647,19 @@ fn admit(
         queued.finish(Event::Rejected("the prompt is empty".into()));
         return;
     }
+    let room = answer_room(limit_ctx, queued.job.num_predict);
+    if queued.job.keep_tail && tokens.len() + room > limit_ctx {
+        let before = tokens.len();
+        keep_tail(&mut tokens, queued.job.num_keep, limit_ctx - room);
+        stats.prompts_truncated.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            prompt = before,
+            kept = tokens.len(),
+            num_ctx = limit_ctx,
+            "prompt longer than the context: kept its first {} tokens and its tail",
+            queued.job.num_keep.min(tokens.len())
+        );
+    }
     if tokens.len() >= limit_ctx {
         queued.finish(Event::Rejected(format!(
             "the prompt is {} tokens, more than the context length of {limit_ctx}",
@@ -662,6 +716,12 @@ fn admit(
         "request admitted"
     );
     let stop = queued.job.stop.clone();
+    let max_generated = match queued.job.num_predict {
+        Some(n) => Some(n as usize),
+        None if queued.job.context_shift => Some(UNBOUNDED_PREDICT_CONTEXTS * limit_ctx),
+        // Without shifting the context's end stops the generation.
+        None => None,
+    };
     slot.active = Some(Active {
         pending: tokens[keep..].iter().copied().collect(),
         all_tokens: tokens.iter().map(|t| t.0).collect(),
@@ -673,6 +733,7 @@ fn admit(
         utf8: Vec::new(),
         generated: 0,
         limit_ctx,
+        max_generated,
         started,
         first_token: None,
     });
@@ -771,6 +832,51 @@ fn embed_one<'m>(
         }
     }
     Ok((vector, tokens.len()))
+}
+
+/// Cuts `tokens` to `target` tokens: the first `num_keep` (at most `target / 2`) and the
+/// tail, as Ollama's runner truncates a prompt longer than its context.
+fn keep_tail(tokens: &mut Vec<LlamaToken>, num_keep: usize, target: usize) {
+    if tokens.len() <= target {
+        return;
+    }
+    let keep = num_keep.min(target / 2);
+    let cut = tokens.len() - target;
+    tokens.drain(keep..keep + cut);
+}
+
+/// Frees room at the end of `slot`'s context: keeps the first `num_keep` tokens, drops half
+/// of the rest and moves what follows back (llama.cpp's server and Ollama shift the same
+/// way). False when nothing can be dropped.
+fn shift_context(ctx: &mut LlamaContext<'_>, slot: &mut Slot, num_keep: usize) -> bool {
+    let len = slot.cache.len();
+    let keep = num_keep.min(len);
+    let discard = (len - keep) / 2;
+    if discard == 0 {
+        return false;
+    }
+    let (Ok(keep32), Ok(end32), Ok(len32), Ok(delta)) = (
+        u32::try_from(keep),
+        u32::try_from(keep + discard),
+        u32::try_from(len),
+        i32::try_from(discard),
+    ) else {
+        return false;
+    };
+    if !ctx
+        .clear_kv_cache_seq(Some(slot.id as u32), Some(keep32), Some(end32))
+        .unwrap_or(false)
+    {
+        return false;
+    }
+    if ctx
+        .kv_cache_seq_add(slot.id, Some(end32), Some(len32), -delta)
+        .is_err()
+    {
+        return false;
+    }
+    slot.cache.drain(keep..keep + discard);
+    true
 }
 
 fn starts_with_bos(model: &LlamaModel, prompt: &str) -> bool {
@@ -894,24 +1000,26 @@ fn step(model: &LlamaModel, ctx: &LlamaContext<'_>, slot: &mut Slot, at: i32) {
         if released.stopped {
             reason = Some(DoneReason::Stop);
             on_sequence = true;
-        } else if active
-            .queued
-            .job
-            .num_predict
-            .is_some_and(|n| active.generated >= n as usize)
-            || slot.cache.len() + 1 >= active.limit_ctx
-        {
+        } else if active.max_generated.is_some_and(|n| active.generated >= n) {
             reason = Some(DoneReason::Length);
         } else {
+            // At the context's end the worker shifts the context (or ends the answer)
+            // before this token is decoded.
             active.next = Some(token);
         }
     }
     let Some(reason) = reason else {
         return;
     };
-    let Some(mut active) = slot.active.take() else {
+    let Some(active) = slot.active.take() else {
         return;
     };
+    finish(active, reason, on_sequence);
+}
+
+/// Ends `active`'s answer: flushes held text (none after a stop sequence, `on_sequence`) and
+/// sends the counters.
+fn finish(mut active: Active, reason: DoneReason, on_sequence: bool) {
     // After a stop sequence nothing is held (and what follows it is dropped).
     if !on_sequence {
         let mut rest = active.stops.finish();

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod egress;
 pub mod engine;
+pub mod fit;
 pub mod http;
 pub mod imports;
 pub mod manage;

@@ -215,6 +215,7 @@ pub async fn chat(
         options: body.common.options(),
         format: body.common.format()?,
         context: Vec::new(),
+        keep_tail: false,
     };
     let started = start(
         state,
@@ -253,6 +254,7 @@ pub async fn completions(
         options: body.common.options(),
         format: body.common.format()?,
         context: Vec::new(),
+        keep_tail: true,
     };
     let started = start(
         state,

@@ -28,6 +28,7 @@ pub struct Options {
     pub num_predict: Option<i64>,
     pub stop: Option<StopList>,
     pub num_ctx: Option<i64>,
+    pub num_keep: Option<i64>,
 }
 
 /// `stop` is a list of strings; a single string is accepted too.
@@ -87,6 +88,14 @@ impl Options {
         }
     }
 
+    /// Tokens a context shift or a cut prompt keeps at the start (Ollama's default: 4).
+    pub fn num_keep(&self) -> usize {
+        match self.num_keep {
+            Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            _ => 4,
+        }
+    }
+
     /// These options, with `defaults` (a created model's parameters) filling each key this
     /// request leaves out.
     pub fn or(self, defaults: &Options) -> Options {
@@ -104,6 +113,7 @@ impl Options {
             num_predict: self.num_predict.or(d.num_predict),
             stop: self.stop.or(d.stop),
             num_ctx: self.num_ctx.or(d.num_ctx),
+            num_keep: self.num_keep.or(d.num_keep),
         }
     }
 

@@ -773,3 +773,75 @@ pub fn dependency_sources() -> Vec<std::path::PathBuf> {
     }
     dirs
 }
+
+/// `rawrxd serve` in-process on `127.0.0.1:0` on its own runtime thread, serving the Gemma test
+/// model (as `gemma-3-270m-q4_k_m`) with `parallel` slots of `ctx` tokens; its address.
+pub fn serve_in_process(parallel: u32, ctx: u32) -> SocketAddr {
+    serve_models_in_process(parallel, ctx, vec![model_path().display().to_string()])
+}
+
+/// As [`serve_in_process`], serving the model files `models`.
+pub fn serve_models_in_process(parallel: u32, ctx: u32, models: Vec<String>) -> SocketAddr {
+    launch_serve(serve_config(parallel, ctx, models))
+}
+
+/// A validated serve configuration on `127.0.0.1:0` for the model files `models`.
+pub fn serve_config(parallel: u32, ctx: u32, models: Vec<String>) -> rawrxd::serve::ServeConfig {
+    let args = rawrxd::serve::ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        config: None,
+        admin_token: None,
+        engine: rawrxd::serve::EngineFlags {
+            models: Some(tempdir("serve-no-models")),
+            model: models,
+            parallel: Some(parallel),
+            threads: Some(2),
+            ctx_size: Some(ctx),
+            queue: Some(16),
+            preload: false,
+            max_loaded: None,
+        },
+    };
+    args.validate().unwrap()
+}
+
+/// Runs `rawrxd serve` with `config` in-process on its own runtime thread; its address.
+pub fn launch_serve(config: rawrxd::serve::ServeConfig) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = TcpListener::bind(config.listen).await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let state = Arc::new(rawrxd::serve::ServeState::new(&config));
+            rawrxd::serve::run(
+                listener,
+                state,
+                std::future::pending(),
+                config.shutdown_grace,
+            )
+            .await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// A blocking JSON POST (for tests that do not run on a runtime): status and body.
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = runtime.block_on(call(addr, "POST", path, body.to_string().as_bytes()));
+    let value = serde_json::from_slice(&seen.body())
+        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", seen.text()));
+    (seen.status.as_u16(), value)
+}
