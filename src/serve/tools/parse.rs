@@ -1,0 +1,279 @@
+//! Splits a model's answer, as it streams, into text and tool calls.
+//!
+//! Ordinary text goes out at once. Text is held back only while it could still be the start
+//! of a call marker (`<tool_call>`, `[TOOL_CALLS]`, …), while the JSON after a marker is still
+//! open, or (Llama 3) while a `{` object at the start of the answer is still open. A call that
+//! turns out malformed (bad JSON, unknown tool, arguments not an object, a missing closing
+//! marker, or more than [`MAX_CALL`] bytes) goes out as text, exactly the bytes the model
+//! wrote; so does whatever is still held when the answer ends. Every decision depends on the
+//! text alone, never on how it was cut into pieces: for any split, the pieces (adjacent texts
+//! joined) are the same as for the whole answer at once.
+
+use serde_json::{Map, Value};
+
+use super::{CallFormat, Piece, ToolCall};
+
+/// Longest call (marker to end) held back; a longer one goes out as text.
+pub const MAX_CALL: usize = 1 << 20;
+
+/// The streaming call parser of one answer.
+#[derive(Debug)]
+pub struct CallParser {
+    /// Opening markers, each with the marker that must close its call (if any).
+    markers: Vec<(String, Option<String>)>,
+    /// Llama 3: a JSON object where the answer starts (or right after a call) is a call.
+    bare: bool,
+    names: Vec<String>,
+    /// Text not yet released; it starts at the undecided part.
+    held: String,
+    /// Only whitespace (or `;` between calls) so far: a bare `{` here starts a call.
+    at_start: bool,
+}
+
+/// How far a JSON value starting with `{` or `[` goes.
+enum Scan {
+    /// It ends at this byte offset (exclusive).
+    Complete(usize),
+    /// A closing bracket that does not match: not JSON, up to this offset.
+    Broken(usize),
+    /// Still open.
+    Open,
+}
+
+fn scan(s: &str) -> Scan {
+    let mut stack = Vec::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' => stack.push('}'),
+            '[' => stack.push(']'),
+            '}' | ']' => {
+                if stack.pop() != Some(c) {
+                    return Scan::Broken(i + 1);
+                }
+                if stack.is_empty() {
+                    return Scan::Complete(i + 1);
+                }
+            }
+            _ if stack.is_empty() => return Scan::Broken(i),
+            _ => {}
+        }
+    }
+    Scan::Open
+}
+
+/// The end of the JSON object or array `s` starts with, if it is complete and balanced.
+pub(crate) fn json_end(s: &str) -> Option<usize> {
+    match scan(s) {
+        Scan::Complete(end) => Some(end),
+        _ => None,
+    }
+}
+
+/// The calls a JSON value holds: one call object, or a non-empty list of them, each with a
+/// known `name` and `arguments` (or `parameters`) that is an object or a string holding one.
+fn calls(json: &str, names: &[String]) -> Option<Vec<ToolCall>> {
+    let value: Value = serde_json::from_str(json).ok()?;
+    let one = |v: &Value| -> Option<ToolCall> {
+        let object = v.as_object()?;
+        let name = object.get("name")?.as_str()?;
+        if !names.iter().any(|n| n == name) {
+            return None;
+        }
+        let arguments = match object.get("arguments").or_else(|| object.get("parameters")) {
+            None => Value::Object(Map::new()),
+            Some(Value::Object(o)) => Value::Object(o.clone()),
+            Some(Value::String(s)) => match serde_json::from_str::<Value>(s).ok()? {
+                v @ Value::Object(_) => v,
+                _ => return None,
+            },
+            Some(_) => return None,
+        };
+        Some(ToolCall {
+            name: name.to_string(),
+            arguments,
+        })
+    };
+    match &value {
+        Value::Array(items) if !items.is_empty() => items.iter().map(one).collect(),
+        Value::Object(_) => one(&value).map(|c| vec![c]),
+        _ => None,
+    }
+}
+
+/// What the held text starts with.
+enum Step {
+    /// Release this many bytes as text.
+    Text(usize),
+    /// These calls, made by this many bytes.
+    Calls(Vec<ToolCall>, usize),
+    /// Nothing can be decided until more text comes.
+    Wait,
+}
+
+impl CallParser {
+    /// A parser for `format`; only calls of `tool_names` are calls (none when it is empty).
+    pub fn new(format: CallFormat, tool_names: Vec<String>) -> CallParser {
+        let bare = format == CallFormat::Llama3;
+        CallParser {
+            markers: format
+                .markers()
+                .into_iter()
+                .filter(|(open, _)| !open.is_empty())
+                .collect(),
+            bare,
+            names: tool_names,
+            held: String::new(),
+            at_start: bare,
+        }
+    }
+
+    /// Feeds generated text; returns what can be released now.
+    pub fn push(&mut self, text: &str) -> Vec<Piece> {
+        self.held.push_str(text);
+        self.drain(false)
+    }
+
+    /// The end of the answer: releases everything held (an unfinished call as text).
+    pub fn finish(&mut self) -> Vec<Piece> {
+        self.drain(true)
+    }
+
+    fn drain(&mut self, end: bool) -> Vec<Piece> {
+        let mut out: Vec<Piece> = Vec::new();
+        while !self.held.is_empty() {
+            let step = match self.step() {
+                Step::Wait if end => Step::Text(self.held.len()),
+                step => step,
+            };
+            match step {
+                Step::Wait => break,
+                Step::Text(n) => {
+                    let n = n.clamp(1, self.held.len());
+                    let n = (n..=self.held.len())
+                        .find(|&i| self.held.is_char_boundary(i))
+                        .unwrap_or(self.held.len());
+                    let text: String = self.held.drain(..n).collect();
+                    if let Some(Piece::Text(last)) = out.last_mut() {
+                        last.push_str(&text);
+                    } else {
+                        out.push(Piece::Text(text));
+                    }
+                }
+                Step::Calls(calls, n) => {
+                    self.held.drain(..n.min(self.held.len()));
+                    out.extend(calls.into_iter().map(Piece::Call));
+                    self.at_start = self.bare;
+                }
+            }
+        }
+        out
+    }
+
+    fn step(&mut self) -> Step {
+        let held = self.held.as_str();
+        if self.at_start {
+            let rest = held.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+            let skipped = held.len() - rest.len();
+            if skipped > 0 {
+                return Step::Text(skipped);
+            }
+            if rest.starts_with('{') {
+                self.at_start = false;
+                return match self.call_at(0, 0, None) {
+                    // Not a call: the object is text, and the answer is under way.
+                    Step::Text(n) => Step::Text(n),
+                    other => {
+                        // Still undecided, or calls: the start stays a call position.
+                        self.at_start = true;
+                        other
+                    }
+                };
+            }
+            self.at_start = false;
+        }
+        let held = self.held.as_str();
+        for (at, _) in held.char_indices() {
+            let tail = &held[at..];
+            for index in 0..self.markers.len() {
+                let open = &self.markers[index].0;
+                if tail.starts_with(open.as_str()) {
+                    if at > 0 {
+                        return Step::Text(at);
+                    }
+                    let close = self.markers[index].1.clone();
+                    return self.call_at(0, open.len(), close.as_deref());
+                }
+                if open.starts_with(tail) {
+                    // Could still become this marker.
+                    return if at > 0 { Step::Text(at) } else { Step::Wait };
+                }
+            }
+        }
+        Step::Text(held.len())
+    }
+
+    /// The call whose marker (if any) starts at `start` and whose JSON follows after `skip`
+    /// bytes (and whitespace), closed by `close` when given.
+    fn call_at(&self, start: usize, skip: usize, close: Option<&str>) -> Step {
+        let held = &self.held[start..];
+        let after = &held[skip..];
+        let body = after.trim_start();
+        let json_at = skip + (after.len() - body.len());
+        if body.is_empty() {
+            return self.wait_or_give_up(held.len());
+        }
+        if !body.starts_with(['{', '[']) {
+            // Only the marker is text; what follows is read again.
+            return Step::Text(skip.max(1));
+        }
+        let json_len = match scan(body) {
+            Scan::Open => return self.wait_or_give_up(held.len()),
+            Scan::Broken(n) => return Step::Text(json_at + n),
+            Scan::Complete(n) => n,
+        };
+        let json_end = json_at + json_len;
+        if json_end > MAX_CALL {
+            return Step::Text(json_end);
+        }
+        let end = match close {
+            None => json_end,
+            Some(close) => {
+                let rest = &held[json_end..];
+                let trimmed = rest.trim_start();
+                let close_at = json_end + (rest.len() - trimmed.len());
+                if trimmed.starts_with(close) {
+                    close_at + close.len()
+                } else if close.starts_with(trimmed) {
+                    // Whitespace, or the start of the closing marker, so far.
+                    return self.wait_or_give_up(held.len());
+                } else {
+                    return Step::Text(json_end);
+                }
+            }
+        };
+        match calls(&body[..json_len], &self.names) {
+            Some(calls) => Step::Calls(calls, end),
+            None => Step::Text(end),
+        }
+    }
+
+    fn wait_or_give_up(&self, held: usize) -> Step {
+        if held > MAX_CALL {
+            Step::Text(held)
+        } else {
+            Step::Wait
+        }
+    }
+}
