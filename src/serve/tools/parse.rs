@@ -28,6 +28,9 @@ pub struct CallParser {
     held: String,
     /// Only whitespace (or `;` between calls) so far: a bare `{` here starts a call.
     at_start: bool,
+    /// The scan of an open call's JSON (which starts at this offset of `held`), kept while
+    /// more text is awaited.
+    scanning: Option<(usize, Scanner)>,
 }
 
 /// How far a JSON value starting with `{` or `[` goes.
@@ -40,37 +43,56 @@ enum Scan {
     Open,
 }
 
-fn scan(s: &str) -> Scan {
-    let mut stack = Vec::new();
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if in_string {
+/// Finds where a JSON value starting with `{` or `[` ends, resumably: text that arrives later
+/// is scanned from where the last run stopped, so a long call costs linear time.
+#[derive(Debug, Default)]
+struct Scanner {
+    /// Bytes of the value already scanned.
+    pos: usize,
+    /// The closing brackets owed.
+    stack: Vec<char>,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Scanner {
+    /// Scans `s`, which extends the text of earlier runs; offsets are in `s`.
+    fn run(&mut self, s: &str) -> Scan {
+        let from = self.pos.min(s.len());
+        for (i, c) in s[from..].char_indices() {
+            let i = from + i;
+            if self.in_string {
+                match c {
+                    _ if self.escaped => self.escaped = false,
+                    '\\' => self.escaped = true,
+                    '"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
             match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
+                '"' => self.in_string = true,
+                '{' => self.stack.push('}'),
+                '[' => self.stack.push(']'),
+                '}' | ']' => {
+                    if self.stack.pop() != Some(c) {
+                        return Scan::Broken(i + 1);
+                    }
+                    if self.stack.is_empty() {
+                        return Scan::Complete(i + 1);
+                    }
+                }
+                _ if self.stack.is_empty() => return Scan::Broken(i),
                 _ => {}
             }
-            continue;
         }
-        match c {
-            '"' => in_string = true,
-            '{' => stack.push('}'),
-            '[' => stack.push(']'),
-            '}' | ']' => {
-                if stack.pop() != Some(c) {
-                    return Scan::Broken(i + 1);
-                }
-                if stack.is_empty() {
-                    return Scan::Complete(i + 1);
-                }
-            }
-            _ if stack.is_empty() => return Scan::Broken(i),
-            _ => {}
-        }
+        self.pos = s.len();
+        Scan::Open
     }
-    Scan::Open
+}
+
+fn scan(s: &str) -> Scan {
+    Scanner::default().run(s)
 }
 
 /// The end of the JSON object or array `s` starts with, if it is complete and balanced.
@@ -136,6 +158,7 @@ impl CallParser {
             names: tool_names,
             held: String::new(),
             at_start: bare,
+            scanning: None,
         }
     }
 
@@ -160,6 +183,7 @@ impl CallParser {
             match step {
                 Step::Wait => break,
                 Step::Text(n) => {
+                    self.scanning = None;
                     let n = n.clamp(1, self.held.len());
                     let n = (n..=self.held.len())
                         .find(|&i| self.held.is_char_boundary(i))
@@ -172,6 +196,7 @@ impl CallParser {
                     }
                 }
                 Step::Calls(calls, n) => {
+                    self.scanning = None;
                     self.held.drain(..n.min(self.held.len()));
                     out.extend(calls.into_iter().map(Piece::Call));
                     self.at_start = self.bare;
@@ -191,7 +216,7 @@ impl CallParser {
             }
             if rest.starts_with('{') {
                 self.at_start = false;
-                return match self.call_at(0, 0, None) {
+                return match self.call_at(0, None) {
                     // Not a call: the object is text, and the answer is under way.
                     Step::Text(n) => Step::Text(n),
                     other => {
@@ -213,7 +238,7 @@ impl CallParser {
                         return Step::Text(at);
                     }
                     let close = self.markers[index].1.clone();
-                    return self.call_at(0, open.len(), close.as_deref());
+                    return self.call_at(open.len(), close.as_deref());
                 }
                 if open.starts_with(tail) {
                     // Could still become this marker.
@@ -224,29 +249,41 @@ impl CallParser {
         Step::Text(held.len())
     }
 
-    /// The call whose marker (if any) starts at `start` and whose JSON follows after `skip`
-    /// bytes (and whitespace), closed by `close` when given.
-    fn call_at(&self, start: usize, skip: usize, close: Option<&str>) -> Step {
-        let held = &self.held[start..];
-        let after = &held[skip..];
+    /// The call whose marker (if any) starts the held text and whose JSON follows after
+    /// `skip` bytes (and whitespace), closed by `close` when given. Only its first
+    /// [`MAX_CALL`] bytes are looked at: a call that does not end within them is text (those
+    /// bytes; the rest is read again), whether they arrived at once or in pieces.
+    fn call_at(&mut self, skip: usize, close: Option<&str>) -> Step {
+        let full = self.held.len() >= MAX_CALL;
+        let limit = (0..=MAX_CALL.min(self.held.len()))
+            .rev()
+            .find(|&i| self.held.is_char_boundary(i))
+            .unwrap_or(0);
+        let wait = if full { Step::Text(limit) } else { Step::Wait };
+        let held = &self.held[..limit];
+        let after = &held[skip.min(limit)..];
         let body = after.trim_start();
-        let json_at = skip + (after.len() - body.len());
+        let json_at = limit - body.len();
         if body.is_empty() {
-            return self.wait_or_give_up(held.len());
+            return wait;
         }
         if !body.starts_with(['{', '[']) {
             // Only the marker is text; what follows is read again.
             return Step::Text(skip.max(1));
         }
-        let json_len = match scan(body) {
-            Scan::Open => return self.wait_or_give_up(held.len()),
+        let mut scanner = match self.scanning.take() {
+            Some((at, scanner)) if at == json_at => scanner,
+            _ => Scanner::default(),
+        };
+        let json_len = match scanner.run(body) {
+            Scan::Open => {
+                self.scanning = Some((json_at, scanner));
+                return wait;
+            }
             Scan::Broken(n) => return Step::Text(json_at + n),
             Scan::Complete(n) => n,
         };
         let json_end = json_at + json_len;
-        if json_end > MAX_CALL {
-            return Step::Text(json_end);
-        }
         let end = match close {
             None => json_end,
             Some(close) => {
@@ -257,7 +294,7 @@ impl CallParser {
                     close_at + close.len()
                 } else if close.starts_with(trimmed) {
                     // Whitespace, or the start of the closing marker, so far.
-                    return self.wait_or_give_up(held.len());
+                    return wait;
                 } else {
                     return Step::Text(json_end);
                 }
@@ -266,14 +303,6 @@ impl CallParser {
         match calls(&body[..json_len], &self.names) {
             Some(calls) => Step::Calls(calls, end),
             None => Step::Text(end),
-        }
-    }
-
-    fn wait_or_give_up(&self, held: usize) -> Step {
-        if held > MAX_CALL {
-            Step::Text(held)
-        } else {
-            Step::Wait
         }
     }
 }

@@ -9,8 +9,9 @@ use std::fmt::Write as _;
 use minijinja::value::ValueKind;
 use minijinja::{Error, ErrorKind, Value};
 
-/// How `json.dumps` lays a value out.
-#[derive(Debug, Clone)]
+/// How `json.dumps` lays a value out (`Default`: Python's defaults, but `ensure_ascii=False`
+/// as transformers' `tojson` has it).
+#[derive(Debug, Clone, Default)]
 pub struct Dumps {
     /// `indent=N`: one item a line, N spaces a level (and `,` between items).
     pub indent: Option<usize>,
@@ -19,17 +20,6 @@ pub struct Dumps {
     pub separators: Option<(String, String)>,
     pub sort_keys: bool,
     pub ensure_ascii: bool,
-}
-
-impl Default for Dumps {
-    fn default() -> Dumps {
-        Dumps {
-            indent: None,
-            separators: None,
-            sort_keys: false,
-            ensure_ascii: false,
-        }
-    }
 }
 
 /// `json.dumps(value, ...)`; an undefined value (or any other value JSON has no form for) is

@@ -416,8 +416,7 @@ mod with_model {
             LlamaSampler::greedy(),
         ]);
         let mut out = Vec::new();
-        let mut pos = tokens.len() as i32;
-        for _ in 0..400 {
+        for pos in (tokens.len() as i32..).take(400) {
             let token = sampler.sample(&ctx, batch.n_tokens() - 1);
             if vocab.is_eog(token) {
                 return String::from_utf8(out).unwrap();
@@ -425,7 +424,6 @@ mod with_model {
             out.extend(vocab.token_to_piece(token, true, None));
             batch.clear();
             batch.add(token, pos, &[0], true).unwrap();
-            pos += 1;
             ctx.decode(&mut batch).unwrap();
         }
         panic!(
@@ -486,4 +484,66 @@ mod with_model {
         // A grammar llama.cpp refuses is an error, not a crash.
         assert!(LlamaSampler::grammar(&model, "root ::= undefined-rule", "root").is_err());
     }
+}
+
+#[test]
+fn a_long_call_streamed_in_small_pieces_costs_linear_time() {
+    // 512 KiB of arguments in 4-byte pieces: 131,072 pushes. Re-scanning the held JSON on
+    // every push would read ~34 GB; resumed scanning reads each byte once.
+    let value = "x".repeat(512 * 1024);
+    let answer = format!(
+        "<tool_call>{{\"name\": \"search\", \"arguments\": {{\"q\": \"{value}\"}}}}</tool_call>"
+    );
+    let started = std::time::Instant::now();
+    let mut parser = CallParser::new(CallFormat::Hermes, names());
+    let mut pieces = Vec::new();
+    for chunk in answer.as_bytes().chunks(4) {
+        pieces.extend(parser.push(std::str::from_utf8(chunk).unwrap()));
+    }
+    pieces.extend(parser.finish());
+    assert_eq!(pieces, vec![call("search", json!({ "q": value }))]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_call_past_the_limit_goes_out_as_text() {
+    let answer = format!(
+        "<tool_call>{{\"name\": \"search\", \"arguments\": {{\"q\": \"{}\"}}}}</tool_call>",
+        "x".repeat(parse::MAX_CALL)
+    );
+    assert_eq!(one_shot(&CallFormat::Hermes, &answer), vec![text(&answer)]);
+    // A marker inside the over-long call is read again, alike at once and in pieces.
+    // Streamed, it is released once past the limit, before the answer ends.
+    let mut parser = CallParser::new(CallFormat::Hermes, names());
+    let released: usize = answer
+        .as_bytes()
+        .chunks(4096)
+        .flat_map(|c| parser.push(std::str::from_utf8(c).unwrap()))
+        .map(|p| match p {
+            Piece::Text(t) => t.len(),
+            Piece::Call(_) => panic!("a call"),
+        })
+        .sum();
+    assert!(released > parse::MAX_CALL, "{released}");
+    let inner = "<tool_call>{\"name\": \"search\", \"arguments\": {}}</tool_call>";
+    let nested = format!(
+        "<tool_call>{{\"a\": \"{}{inner}\"}}",
+        "x".repeat(parse::MAX_CALL)
+    );
+    let expected = vec![
+        text(&nested[..nested.len() - inner.len() - 2]),
+        call("search", json!({})),
+        text("\"}"),
+    ];
+    assert_eq!(one_shot(&CallFormat::Hermes, &nested), expected);
+    let chunks: Vec<&str> = nested
+        .as_bytes()
+        .chunks(7)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    assert_eq!(streamed(&CallFormat::Hermes, &chunks), expected);
 }
