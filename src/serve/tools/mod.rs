@@ -29,7 +29,9 @@ pub enum CallFormat {
     /// A bare `{"name": …, "parameters"|"arguments": {…}}` at the start of the answer (more
     /// may follow, separated by whitespace or `;`), or JSON after `<|python_tag|>` (Llama 3.x).
     Llama3,
-    /// `[TOOL_CALLS][{"name": …, "arguments": {…}, "id"?: …}, …]` (Mistral).
+    /// `[TOOL_CALLS][{"name": …, "arguments": {…}, "id"?: …}, …]` (Mistral), or one call a
+    /// marker as newer Mistral templates write them, `[TOOL_CALLS]name[ARGS]{…}` (with
+    /// `[CALL_ID]id` before `[ARGS]` or not). Forcing grammars use the list.
     Mistral,
     /// JSON (one call object, or a list of them) after `open` and, when given, before `close`:
     /// markers a template shows around the calls it renders.

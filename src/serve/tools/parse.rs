@@ -23,6 +23,8 @@ pub struct CallParser {
     markers: Vec<(String, Option<String>)>,
     /// Llama 3: a JSON object where the answer starts (or right after a call) is a call.
     bare: bool,
+    /// Mistral: `[TOOL_CALLS]name[ARGS]{…}` too, besides `[TOOL_CALLS][{…}]`.
+    named: bool,
     names: Vec<String>,
     /// Text not yet released; it starts at the undecided part.
     held: String,
@@ -105,15 +107,15 @@ pub(crate) fn json_end(s: &str) -> Option<usize> {
 
 /// The calls a JSON value holds: one call object, or a non-empty list of them, each with a
 /// known `name` and `arguments` (or `parameters`) that is an object or a string holding one.
-fn calls(json: &str, names: &[String]) -> Option<Vec<ToolCall>> {
+/// With `name` (Mistral's `name[ARGS]{…}`), the value is the arguments of that one call.
+fn calls(json: &str, name: Option<&str>, names: &[String]) -> Option<Vec<ToolCall>> {
     let value: Value = serde_json::from_str(json).ok()?;
-    let one = |v: &Value| -> Option<ToolCall> {
-        let object = v.as_object()?;
-        let name = object.get("name")?.as_str()?;
+    let one = |name: Option<&str>, arguments: Option<&Value>| -> Option<ToolCall> {
+        let name = name?;
         if !names.iter().any(|n| n == name) {
             return None;
         }
-        let arguments = match object.get("arguments").or_else(|| object.get("parameters")) {
+        let arguments = match arguments {
             None => Value::Object(Map::new()),
             Some(Value::Object(o)) => Value::Object(o.clone()),
             Some(Value::String(s)) => match serde_json::from_str::<Value>(s).ok()? {
@@ -127,10 +129,48 @@ fn calls(json: &str, names: &[String]) -> Option<Vec<ToolCall>> {
             arguments,
         })
     };
-    match &value {
-        Value::Array(items) if !items.is_empty() => items.iter().map(one).collect(),
-        Value::Object(_) => one(&value).map(|c| vec![c]),
+    let object = |v: &Value| -> Option<ToolCall> {
+        let object = v.as_object()?;
+        let arguments = object.get("arguments").or_else(|| object.get("parameters"));
+        one(object.get("name")?.as_str(), arguments)
+    };
+    match (&value, name) {
+        (Value::Object(_), Some(name)) => one(Some(name), Some(&value)).map(|c| vec![c]),
+        (_, Some(_)) => None,
+        (Value::Array(items), None) if !items.is_empty() => items.iter().map(object).collect(),
+        (Value::Object(_), None) => object(&value).map(|c| vec![c]),
         _ => None,
+    }
+}
+
+/// `name[ARGS]` or `name[CALL_ID]id[ARGS]` (Mistral's newer templates) at the start of `s`:
+/// the name and where the arguments start, `Ok(None)` while it could still become one, `Err`
+/// when it cannot.
+fn named_head(s: &str) -> Result<Option<(&str, usize)>, ()> {
+    const ARGS: &str = "[ARGS]";
+    const CALL_ID: &str = "[CALL_ID]";
+    let word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    let name_len = s.find(|c: char| !word(c)).unwrap_or(s.len());
+    if name_len == 0 {
+        return Err(());
+    }
+    let mut rest = &s[name_len..];
+    let mut at = name_len;
+    if let Some(after) = rest.strip_prefix(CALL_ID) {
+        let id_len = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        at += CALL_ID.len() + id_len;
+        rest = &after[id_len..];
+    } else if !rest.is_empty() && CALL_ID.starts_with(rest) && !ARGS.starts_with(rest) {
+        return Ok(None);
+    }
+    if rest.starts_with(ARGS) {
+        Ok(Some((&s[..name_len], at + ARGS.len())))
+    } else if ARGS.starts_with(rest) || CALL_ID.starts_with(rest) {
+        Ok(None)
+    } else {
+        Err(())
     }
 }
 
@@ -155,6 +195,7 @@ impl CallParser {
                 .filter(|(open, _)| !open.is_empty())
                 .collect(),
             bare,
+            named: format == CallFormat::Mistral,
             names: tool_names,
             held: String::new(),
             at_start: bare,
@@ -263,14 +304,35 @@ impl CallParser {
         let held = &self.held[..limit];
         let after = &held[skip.min(limit)..];
         let body = after.trim_start();
-        let json_at = limit - body.len();
         if body.is_empty() {
             return wait;
         }
+        let mut json_at = limit - body.len();
+        let mut name = None;
         if !body.starts_with(['{', '[']) {
-            // Only the marker is text; what follows is read again.
-            return Step::Text(skip.max(1));
+            let head = if self.named && skip > 0 {
+                named_head(body)
+            } else {
+                Err(())
+            };
+            match head {
+                // Only the marker is text; what follows is read again.
+                Err(()) => return Step::Text(skip.max(1)),
+                Ok(None) => return wait,
+                Ok(Some((named, args_at))) => {
+                    let args = held[json_at + args_at..].trim_start();
+                    if args.is_empty() {
+                        return wait;
+                    }
+                    name = Some(named.to_string());
+                    json_at = limit - args.len();
+                    if !args.starts_with('{') {
+                        return Step::Text(json_at);
+                    }
+                }
+            }
         }
+        let body = &held[json_at..];
         let mut scanner = match self.scanning.take() {
             Some((at, scanner)) if at == json_at => scanner,
             _ => Scanner::default(),
@@ -300,7 +362,7 @@ impl CallParser {
                 }
             }
         };
-        match calls(&body[..json_len], &self.names) {
+        match calls(&body[..json_len], name.as_deref(), &self.names) {
             Some(calls) => Step::Calls(calls, end),
             None => Step::Text(end),
         }

@@ -167,6 +167,36 @@ fn mistral_lists_and_tagged_markers() {
 }
 
 #[test]
+fn mistral_named_calls() {
+    let f = CallFormat::Mistral;
+    assert_eq!(
+        one_shot(
+            &f,
+            "[TOOL_CALLS]search[ARGS]{\"q\": \"a\"}[TOOL_CALLS]get_weather[CALL_ID]abc123def[ARGS] {}"
+        ),
+        vec![call("search", json!({"q": "a"})), call("get_weather", json!({}))]
+    );
+    for bad in [
+        "[TOOL_CALLS]nope[ARGS]{}",
+        "[TOOL_CALLS]search[ARGS][1]",
+        "[TOOL_CALLS]search[ARGS]",
+        "[TOOL_CALLS]search [ARGS]{}",
+        "[TOOL_CALLS]search[CALL_ID]x-y[ARGS]{}",
+        "[TOOL_CALLS] Sure, here it is.",
+    ] {
+        assert_eq!(one_shot(&f, bad), vec![text(bad)], "{bad}");
+    }
+    let mut parser = CallParser::new(f, names());
+    assert_eq!(parser.push("[TOOL_CALLS]sea"), vec![]);
+    assert_eq!(parser.push("rch[CALL"), vec![]);
+    assert_eq!(parser.push("_ID]x1[ARGS]{\"q\""), vec![]);
+    assert_eq!(
+        parser.push(": 1} ok"),
+        vec![call("search", json!({"q": 1})), text(" ok")]
+    );
+}
+
+#[test]
 fn no_tools_means_no_calls() {
     let mut parser = CallParser::new(CallFormat::Hermes, Vec::new());
     let s = "<tool_call>{\"name\": \"search\", \"arguments\": {}}</tool_call>";
@@ -202,6 +232,10 @@ const FRAGMENTS: &[&str] = &[
     "{\"name\": \"unknown\", \"arguments\": {}}",
     "{\"name\": \"search\", \"arguments\": \"{}\"}",
     "<tool_call>\n{\"name\": \"search\", \"arguments\": {}}\n</tool_call>",
+    "search",
+    "[ARGS]",
+    "[CALL_ID]abc123def",
+    "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Rome\"}",
 ];
 
 fn format_strategy() -> impl Strategy<Value = CallFormat> {
