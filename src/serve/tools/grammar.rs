@@ -104,7 +104,8 @@ fn rename_root(grammar: &str) -> Result<String, String> {
     Ok(lines.join("\n") + "\n")
 }
 
-/// A GBNF string literal matching `text` exactly.
+/// A GBNF string literal matching `text` exactly. (Not JSON's string syntax: GBNF has no
+/// `\b` or `\f`, and takes `\xHH`.)
 fn literal(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {
@@ -114,6 +115,7 @@ fn literal(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02X}", c as u32)),
             c => out.push(c),
         }
     }
