@@ -318,6 +318,42 @@ fn parse_tools_reads_names_and_reports_missing_ones() {
 }
 
 #[test]
+fn string_arguments_become_objects() {
+    let mut messages = vec![
+        json!({"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "a", "arguments": "{\"x\": [1]}"}},
+            {"type": "function", "function": {"name": "b", "arguments": "[1]"}},
+            {"type": "function", "function": {"name": "c", "arguments": "not json"}},
+            {"type": "function", "function": {"name": "d", "arguments": {"y": 2}}}]}),
+        json!({"role": "user", "content": "{\"x\": 1}"}),
+    ];
+    arguments_as_objects(&mut messages);
+    let args: Vec<&Value> = messages[0]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["function"]["arguments"])
+        .collect();
+    assert_eq!(
+        args,
+        [
+            &json!({"x": [1]}),
+            &json!("[1]"),
+            &json!("not json"),
+            &json!({"y": 2})
+        ]
+    );
+    assert_eq!(messages[1]["content"], json!("{\"x\": 1}"));
+}
+
+#[test]
+fn a_compiled_template_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Jinja>();
+    shared::<CallParser>();
+}
+
+#[test]
 fn call_ids_have_their_shapes_and_differ() {
     let a = openai_tool_call_id();
     let b = openai_tool_call_id();
