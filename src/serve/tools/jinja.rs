@@ -101,7 +101,15 @@ impl Jinja {
             return None;
         }
         if source.contains("<tool_call>") {
-            return Some(CallFormat::Hermes);
+            // Only when the calls it renders are JSON in the tags: GLM, Qwen3-Coder and
+            // others put XML there, which no parser here reads.
+            return self
+                .probe_format()
+                .filter(|f| {
+                    matches!(f, CallFormat::Tagged { open, close }
+                        if open == "<tool_call>" && close.as_deref() == Some("</tool_call>"))
+                })
+                .map(|_| CallFormat::Hermes);
         }
         if source.contains("[TOOL_CALLS]") {
             return Some(CallFormat::Mistral);
@@ -119,18 +127,19 @@ impl Jinja {
             "description": "probe", "parameters": {"type": "object",
             "properties": {"a": {"type": "string"}}}}})];
         let user = json!({"role": "user", "content": "rawrxd probe question"});
-        let call = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "abcdefghi",
+        let call = json!({"role": "assistant", "content": "", "tool_calls": [{"id": "abcdefghi",
             "type": "function", "function": {"name": FN, "arguments": {"a": "b"}}}]});
         let answer = json!({"role": "assistant", "content": ANSWER});
-        let prefix = self
-            .render(std::slice::from_ref(&user), Some(&tools), true)
+        let base = self
+            .render(std::slice::from_ref(&user), Some(&tools), false)
             .ok()?;
         let with_call = self
             .render(&[user.clone(), call], Some(&tools), false)
             .ok()?;
         let with_answer = self.render(&[user, answer], Some(&tools), false).ok()?;
-        let turn = with_call.strip_prefix(&prefix)?;
-        let turn_end = with_answer.strip_prefix(&prefix)?.split_once(ANSWER)?.1;
+        // What the assistant's turn adds, and what ends a turn with a plain answer.
+        let turn = &with_call[shared_prefix(&base, &with_call)..];
+        let turn_end = with_answer.split_once(ANSWER)?.1;
         let at = turn.find(FN)?;
         let mut start = turn[..at].rfind('{')?;
         if let Some(bracket) = turn[..start].trim_end().strip_suffix('[') {
@@ -138,21 +147,51 @@ impl Jinja {
         }
         let end = start + json_end(&turn[start..])?;
         serde_json::from_str::<serde_json::Value>(&turn[start..end]).ok()?;
-        let open = turn[..start].trim();
-        if open.is_empty() || open.contains(char::is_whitespace) {
-            return None;
-        }
+        // The marker is the last word before the JSON (the turn's header, or an empty
+        // `<think></think>`, may come first).
+        let word = turn[..start].split_whitespace().last()?;
+        // …and in it, the last special token (`<|assistant_start|><|tools_prefix|>`).
+        let open = word.rfind(['<', '[']).map_or(word, |i| &word[i..]);
+        // The closing marker is what follows the JSON but not a plain answer, cut where a
+        // marker starts (`<|END_ACTION|><|END_OF_TURN_TOKEN|>` vs
+        // `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>` → `<|END_ACTION|>`).
         let after = turn[end..].trim_start();
-        let close = after
-            .strip_suffix(turn_end.trim_start())
-            .unwrap_or(after)
-            .trim();
+        let mut cut = after.len() - shared_suffix(after, turn_end);
+        if !after[cut..].starts_with(['<', '[']) && !after[cut..].starts_with(char::is_whitespace) {
+            cut = after[cut..]
+                .find(['<', '['])
+                .map_or(after.len(), |i| cut + i);
+        }
+        let close = after[..cut].split_whitespace().next().map(|w| {
+            // Its first special token only (`</TOOLCALL><SPECIAL_12>`).
+            w.char_indices()
+                .skip(1)
+                .find(|(_, c)| *c == '<' || *c == '[')
+                .map_or(w, |(i, _)| &w[..i])
+        });
         Some(CallFormat::Tagged {
             open: open.to_string(),
-            close: (!close.is_empty() && !close.contains(char::is_whitespace))
-                .then(|| close.to_string()),
+            close: close.map(str::to_string),
         })
     }
+}
+
+/// The length of the longest common suffix of `a` and `b`, at a char boundary.
+fn shared_suffix(a: &str, b: &str) -> usize {
+    a.chars()
+        .rev()
+        .zip(b.chars().rev())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x.len_utf8())
+        .sum()
+}
+
+/// The length of the longest common prefix of `a` and `b`, at a char boundary.
+fn shared_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
 }
 
 fn describe(e: &Error) -> String {
@@ -179,9 +218,26 @@ fn environment(source: &str) -> Result<Environment<'static>, String> {
     env.add_filter("string", |value: &Value| python::str_of(value));
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
-    env.add_template_owned(NAME, source.to_string())
+    env.add_template_owned(NAME, without_generation_blocks(source))
         .map_err(|e| describe(&e))?;
     Ok(env)
+}
+
+/// `source` with transformers' `{% generation %}…{% endgeneration %}` (its `AssistantTracker`
+/// extension, which only marks the assistant's tokens for training) as `{% if true %}…{% endif
+/// %}`: the same block tags, so `trim_blocks`, `lstrip_blocks` and `-` trim alike.
+fn without_generation_blocks(source: &str) -> String {
+    if !source.contains("generation") {
+        return source.to_string();
+    }
+    let tag = |word: &str| regex::Regex::new(&format!(r"\{{%([-+]?)\s*{word}\s*([-+]?)%\}}"));
+    let (Ok(open), Ok(close)) = (tag("generation"), tag("endgeneration")) else {
+        return source.to_string();
+    };
+    let source = open.replace_all(source, "{%${1} if true ${2}%}");
+    close
+        .replace_all(&source, "{%${1} endif ${2}%}")
+        .into_owned()
 }
 
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.

@@ -384,6 +384,15 @@ fn jinja_renders_like_transformers() {
 }
 
 #[test]
+fn generation_blocks_render_their_content() {
+    // transformers' `{% generation %}` (AssistantTracker) marks training tokens only.
+    let source = "{% for m in messages %}\n  {%- generation -%}\n {{ m.content }}\n  {% endgeneration %}\n{% endfor %}";
+    let jinja = Jinja::new(source, "", "").unwrap();
+    let m = [json!({"content": "a"}), json!({"content": "b"})];
+    assert_eq!(jinja.render(&m, None, false).unwrap(), "a\nb\n");
+}
+
+#[test]
 fn jinja_errors_are_errors_not_panics() {
     let jinja = Jinja::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
     let err = jinja.render(&[], None, false).unwrap_err();
@@ -407,7 +416,7 @@ fn jinja_errors_are_errors_not_panics() {
 
 #[test]
 fn formats_are_read_from_templates() {
-    let hermes = "{% for t in tools %}{{ t | tojson }}{% endfor %}<tool_call>";
+    let hermes = "{% for t in tools %}{{ t | tojson }}{% endfor %}{% for m in messages %}{% for c in m.tool_calls or [] %}<tool_call>\n{{ c.function | tojson }}\n</tool_call>{% endfor %}{{ m.content }}<|im_end|>{% endfor %}";
     assert_eq!(
         Jinja::new(hermes, "", "").unwrap().call_format(),
         Some(CallFormat::Hermes)
@@ -417,6 +426,18 @@ fn formats_are_read_from_templates() {
     assert_eq!(
         Jinja::new(probe, "", "").unwrap().call_format(),
         Some(tagged())
+    );
+    // `<tool_call>` with XML inside (Qwen3-Coder, GLM): no format this parser reads.
+    let xml = "{% for m in messages %}{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>\n<function={{ c.function.name }}>\n</function>\n</tool_call>{% endfor %}{% else %}{{ m.content }}{% endif %}{% endfor %}{{ tools | length }}";
+    assert_eq!(Jinja::new(xml, "", "").unwrap().call_format(), None);
+    // Cohere-like markers, the turn's end left out of the closing one.
+    let cohere = "{% for m in messages %}<|TURN|>{% if m.tool_calls %}<|START_ACTION|>{{ m.tool_calls | map(attribute='function') | list | tojson }}<|END_ACTION|>{% else %}<|START_RESPONSE|>{{ m.content }}<|END_RESPONSE|>{% endif %}<|END_OF_TURN|>{% endfor %}{{ tools | length }}";
+    assert_eq!(
+        Jinja::new(cohere, "", "").unwrap().call_format(),
+        Some(CallFormat::Tagged {
+            open: "<|START_ACTION|>".into(),
+            close: Some("<|END_ACTION|>".into())
+        })
     );
     // A template without tools has no call format.
     assert_eq!(
