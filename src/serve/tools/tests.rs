@@ -449,6 +449,23 @@ fn formats_are_read_from_templates() {
 }
 
 #[test]
+fn tool_choice_values() {
+    let choice = |v: Value| Forced::from_tool_choice(Some(&v));
+    assert_eq!(Forced::from_tool_choice(None), Ok(None));
+    assert_eq!(choice(json!(null)), Ok(None));
+    assert_eq!(choice(json!("auto")), Ok(None));
+    assert_eq!(choice(json!("none")), Ok(None));
+    assert_eq!(choice(json!("required")), Ok(Some(Forced::Any)));
+    assert_eq!(
+        choice(json!({"type": "function", "function": {"name": "search"}})),
+        Ok(Some(Forced::Named("search".into())))
+    );
+    assert!(choice(json!("always")).is_err());
+    assert!(choice(json!({"type": "function"})).is_err());
+    assert!(choice(json!(3)).is_err());
+}
+
+#[test]
 fn grammars_wrap_the_call_object_in_the_formats_markers() {
     let tools = [
         json!({"type": "function", "function": {"name": "get_weather",
