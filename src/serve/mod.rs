@@ -2,8 +2,9 @@
 //!
 //! The data path, in order: [`http`] accepts and routes; [`api`] (Ollama's `/api/*`) and
 //! [`openai`] (`/v1/*`) parse requests and shape responses; [`models`] finds model files and
-//! loads them on first use; [`template`] renders chat messages into a prompt; [`options`]
-//! turns Ollama options into sampling settings; the [`engine`] of each loaded model runs
+//! loads them on first use; [`template`] renders chat messages into a prompt ([`tools`]: Jinja
+//! chat templates, tool-call parsing, forcing grammars); [`options`] turns Ollama options into
+//! sampling settings; the [`engine`] of each loaded model runs
 //! continuous batching on its own thread and streams text back, cut at [`stop`] sequences.
 //! [`crate::gguf`] reads model metadata without loading the model. Beside the data path, [`manage`]
 //! answers pull/create/copy/delete/blob requests by changing the [`registry`] (named
@@ -27,6 +28,7 @@ pub mod options;
 pub mod registry;
 pub mod stop;
 pub mod template;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
