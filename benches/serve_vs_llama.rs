@@ -3,10 +3,14 @@
 //!
 //! (a) tokens/s of one stream, (b) aggregate tokens/s of 4 concurrent streams, (c) time to
 //! first token of a ~512-token prompt never seen before (its first token differs from every
-//! earlier prompt, so no prefix is reused), (d) the same prompt sent again (prefix reuse).
+//! earlier prompt, so no prefix is reused), (d) the same prompt sent again (prefix reuse),
+//! (e) 4 concurrent streams with Ollama's default sampling (temperature 0.8, top_k 40, top_p
+//! 0.9, repeat_penalty 1.1 over 64 tokens) and (f) 4 streams greedy with that repeat penalty.
 //!
-//! Greedy decoding (temperature 0) with the same sampling on both: no repetition penalty, which
-//! is llama-server's default (rawrxd, like Ollama, defaults to 1.1, so the bench asks for 1.0).
+//! (a)–(d) decode greedily (temperature 0) with the same sampling on both: no repetition
+//! penalty, which is llama-server's default (rawrxd, like Ollama, defaults to 1.1, so the bench
+//! asks for 1.0). For (e) and (f) llama-server gets the same values and the same sampler order
+//! (`samplers: penalties, top_k, top_p, temperature`), every other sampler off.
 //! rawrxd has no `ignore_eos`, so rates are measured client side from the tokens actually
 //! received, between the first and the last one; the servers' own timings are printed beside
 //! them. Both servers are up for the whole run and take turns, one repetition of every figure
@@ -217,19 +221,61 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// How a request samples.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sampling {
+    /// Temperature 0, no penalty.
+    Greedy,
+    /// What an agent that leaves sampling alone gets from Ollama: temperature 0.8, top_k 40,
+    /// top_p 0.9, repeat_penalty 1.1 over the last 64 tokens (a fixed seed per request).
+    OllamaDefaults,
+    /// Greedy with Ollama's repeat penalty (1.1 over the last 64 tokens).
+    RepeatPenalty,
+}
+
+/// The sampling fields of a request: rawrxd's `options`, or llama-server's top-level fields
+/// with its sampler order set to the one rawrxd (and Ollama) use — penalties, top-k, top-p,
+/// temperature, then the draw — and every other sampler off (min_p 0, typical_p 1, no DRY, no
+/// XTC; they are off or no-ops by default).
+fn sampling_fields(kind: Kind, sampling: Sampling, seed: u64) -> Value {
+    let (temperature, penalty) = match sampling {
+        Sampling::Greedy => (0.0, 1.0),
+        Sampling::OllamaDefaults => (0.8, 1.1),
+        Sampling::RepeatPenalty => (0.0, 1.1),
+    };
+    match kind {
+        Kind::Rawrxd => json!({"temperature": temperature, "top_k": 40, "top_p": 0.9,
+                               "min_p": 0.0, "repeat_penalty": penalty, "repeat_last_n": 64,
+                               "seed": seed}),
+        Kind::Llama => json!({"temperature": temperature, "top_k": 40, "top_p": 0.9,
+                              "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": penalty,
+                              "repeat_last_n": 64, "seed": seed,
+                              "samplers": ["penalties", "top_k", "top_p", "temperature"]}),
+    }
+}
+
 fn generate(server: &Server, prompt: &str, n: u32) -> Run {
+    generate_with(server, prompt, n, Sampling::Greedy, 1)
+}
+
+fn generate_with(server: &Server, prompt: &str, n: u32, sampling: Sampling, seed: u64) -> Run {
+    let mut fields = sampling_fields(server.kind, sampling, seed);
     let (path, body) = match server.kind {
-        Kind::Rawrxd => (
-            "/api/generate",
-            json!({"model": server.model_name, "prompt": prompt, "raw": true, "stream": true,
-                   "options": {"num_predict": n, "temperature": 0, "repeat_penalty": 1.0,
-                               "seed": 1}}),
-        ),
-        Kind::Llama => (
-            "/completion",
-            json!({"prompt": prompt, "n_predict": n, "temperature": 0, "repeat_penalty": 1.0,
-                   "seed": 1, "stream": true, "cache_prompt": true}),
-        ),
+        Kind::Rawrxd => {
+            fields["num_predict"] = json!(n);
+            (
+                "/api/generate",
+                json!({"model": server.model_name, "prompt": prompt, "raw": true,
+                       "stream": true, "options": fields}),
+            )
+        }
+        Kind::Llama => {
+            fields["prompt"] = json!(prompt);
+            fields["n_predict"] = json!(n);
+            fields["stream"] = json!(true);
+            fields["cache_prompt"] = json!(true);
+            ("/completion", fields)
+        }
     };
     let body = body.to_string();
     let mut stream = TcpStream::connect(server.addr).unwrap();
@@ -372,6 +418,10 @@ struct Samples {
     single_tps: Vec<f64>,
     single_server_tps: Vec<f64>,
     aggregate_tps: Vec<f64>,
+    /// 4 streams with Ollama's default sampling.
+    sampled_tps: Vec<f64>,
+    /// 4 streams, greedy with Ollama's repeat penalty.
+    penalty_tps: Vec<f64>,
     ttft_fresh_ms: Vec<f64>,
     fresh_server_prompt_ms: Vec<f64>,
     prompt_tokens: u64,
@@ -388,21 +438,29 @@ fn measure_once(server: &Server, s: &Settings, rep: usize, out: &mut Samples) {
     out.single_tps.push(run.decode_tps());
     out.single_server_tps.push(run.server_decode_tps);
 
-    let runs: Vec<Run> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..SLOTS)
-            .map(|i| {
-                let prompt = format!("List {rep}-{i}: 1, 2, 3, 4, 5,");
-                scope.spawn(move || generate(server, &prompt, s.decode_tokens))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let first = runs.iter().filter_map(|r| r.first).min().unwrap();
-    let last = runs.iter().filter_map(|r| r.last).max().unwrap();
-    let tokens: u64 = runs.iter().map(|r| r.tokens.saturating_sub(1)).sum();
-    out.tokens_seen.extend(runs.iter().map(|r| r.tokens));
-    out.aggregate_tps
-        .push(tokens as f64 / (last - first).as_secs_f64());
+    for (sampling, figure) in [
+        (Sampling::Greedy, &mut out.aggregate_tps),
+        (Sampling::OllamaDefaults, &mut out.sampled_tps),
+        (Sampling::RepeatPenalty, &mut out.penalty_tps),
+    ] {
+        let runs: Vec<Run> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..SLOTS)
+                .map(|i| {
+                    let prompt = format!("List {rep}-{i}: 1, 2, 3, 4, 5,");
+                    let seed = (rep * 16) as u64 + u64::from(i);
+                    scope.spawn(move || {
+                        generate_with(server, &prompt, s.decode_tokens, sampling, seed)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let first = runs.iter().filter_map(|r| r.first).min().unwrap();
+        let last = runs.iter().filter_map(|r| r.last).max().unwrap();
+        let tokens: u64 = runs.iter().map(|r| r.tokens.saturating_sub(1)).sum();
+        out.tokens_seen.extend(runs.iter().map(|r| r.tokens));
+        figure.push(tokens as f64 / (last - first).as_secs_f64());
+    }
 
     // The server's name is in the prompt so that neither server's cache can hold it.
     let tag = match server.kind {
@@ -481,6 +539,16 @@ fn main() {
         "(b) 4 concurrent streams, aggregate tokens/s (client)",
         &r.aggregate_tps,
         &l.aggregate_tps,
+    );
+    rate(
+        "(e) 4 streams, Ollama's default sampling, aggregate tokens/s (client)",
+        &r.sampled_tps,
+        &l.sampled_tps,
+    );
+    rate(
+        "(f) 4 streams, greedy + repeat penalty 1.1, aggregate tokens/s (client)",
+        &r.penalty_tps,
+        &l.penalty_tps,
     );
     time(
         "(c) time to first token, fresh ~512-token prompt, ms (client)",

@@ -11,12 +11,14 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::calls::{normalize_calls, ollama_call, Calls, Choice, Issued, Out};
 use super::engine::{answer_room, Done, EngineError, Event, Job};
 use super::fit::fit_messages;
 use super::http::{full, json, read_json, stream, EventBody, Format, ServeBody, ServeError};
 use super::models::{Loaded, ModelError, ModelFile};
 use super::options::{self, Options};
 use super::template::{self, Message};
+use super::tools::{forced_grammar, Jinja};
 use super::ServeState;
 use crate::gguf::GgufMeta;
 
@@ -234,13 +236,41 @@ pub async fn show(
         "template": template,
         "details": details(&meta),
         "model_info": info,
-        "capabilities": ["completion"],
+        "capabilities": capabilities(&meta, manifest.template.is_some()),
         "modified_at": rfc3339(file.modified),
     });
     if let Some(system) = &manifest.system {
         out["system"] = json!(system);
     }
     Ok(json(&out))
+}
+
+/// Ollama's `capabilities`: `completion` for generative models, `embedding` for those with a
+/// pooling type (every model here can embed, but Ollama lists it for embedding models), `tools`
+/// when the GGUF's own Jinja template renders tools (not for a created model's Go template).
+fn capabilities(meta: &GgufMeta, own_template: bool) -> Vec<&'static str> {
+    let arch = meta.architecture();
+    let mut out = Vec::new();
+    let causal = meta
+        .kv
+        .get(&format!("{arch}.attention.causal"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    if causal {
+        out.push("completion");
+    }
+    if !causal || meta.kv.contains_key(&format!("{arch}.pooling_type")) {
+        out.push("embedding");
+    }
+    let tools = !own_template
+        && meta
+            .str("tokenizer.chat_template")
+            .and_then(|source| Jinja::new(source, "", "").ok())
+            .is_some_and(|j| j.supports_tools());
+    if tools && causal {
+        out.push("tools");
+    }
+    out
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -268,6 +298,25 @@ pub(super) struct ChatMessage {
     pub content: Option<String>,
     #[serde(default)]
     pub images: Option<Vec<Value>>,
+    /// An assistant message's calls (`[{"function": {"name", "arguments": {…}}}]`).
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A tool result's tool name.
+    #[serde(default)]
+    pub tool_name: Option<String>,
+}
+
+impl ChatMessage {
+    fn into_message(self) -> Result<Message, ServeError> {
+        let tool_calls = normalize_calls(self.tool_calls).map_err(ServeError::BadRequest)?;
+        Ok(Message {
+            role: self.role,
+            content: self.content.unwrap_or_default(),
+            tool_calls,
+            tool_call_id: None,
+            name: self.tool_name,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -280,6 +329,8 @@ struct ChatRequest {
     options: Option<Options>,
     keep_alive: Option<Value>,
     tools: Option<Vec<Value>>,
+    /// rawrxd's extension: OpenAI's `tool_choice` (also read from `options`).
+    tool_choice: Option<Value>,
     think: Option<Value>,
 }
 
@@ -317,6 +368,9 @@ pub(super) struct Ask {
     pub context: Vec<i32>,
     /// A prompt longer than the context keeps its tail (generate); chat drops old messages.
     pub keep_tail: bool,
+    /// The request's tools (chat), as sent.
+    pub tools: Vec<Value>,
+    pub choice: Choice,
 }
 
 /// A request admitted by the engine, with its first event already received.
@@ -327,6 +381,8 @@ pub(super) struct Started {
     pub keep_alive: Option<Duration>,
     pub first: Event,
     pub rx: UnboundedReceiver<Event>,
+    /// Set when the answer is read for tool calls.
+    pub calls: Option<Calls>,
 }
 
 /// Common checks: the model exists, no images (text-only models).
@@ -362,6 +418,7 @@ pub(super) async fn start(
     let ctx_per_slot = loaded.engine.config().ctx_per_slot;
     job.context_shift = can_shift(&loaded.meta);
     job.keep_tail = ask.keep_tail;
+    let mut calls = None;
     job.prompt = match prompt {
         PromptSpec::Text(text) => text,
         PromptSpec::Template {
@@ -376,19 +433,33 @@ pub(super) async fn start(
         ),
         PromptSpec::Chat(mut messages) => {
             if !model_system.is_empty() && !messages.iter().any(|m| m.role == "system") {
-                messages.insert(
-                    0,
-                    Message {
-                        role: "system".into(),
-                        content: model_system,
-                    },
-                );
+                messages.insert(0, Message::new("system", model_system));
             }
+            let tooling = Tooling::decide(&loaded, &manifest, &ask.tools, &ask.choice, &messages)?;
+            if let Some(forced) = &tooling.forced {
+                if job.grammar.is_some() {
+                    return Err(ServeError::BadRequest(
+                        "a forced tool_choice cannot be combined with format/response_format"
+                            .into(),
+                    ));
+                }
+                job.grammar = Some(forced.clone());
+            }
+            job.special_text = tooling
+                .calls
+                .as_ref()
+                .is_some_and(Calls::marks_with_control_tokens);
+            calls = tooling.calls;
             let limit = job.num_ctx.map_or(ctx_per_slot, |n| n.min(ctx_per_slot)) as usize;
             let room = answer_room(limit, job.num_predict);
             let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
             let model = &loaded.engine.model;
             let render = |kept: &[usize]| {
+                if let Some(jinja) = &tooling.jinja {
+                    let values: Vec<Value> = kept.iter().map(|&i| messages[i].to_value()).collect();
+                    let tools = tooling.show_tools.then_some(ask.tools.as_slice());
+                    return jinja.render(&values, tools, true);
+                }
                 let subset: Vec<Message> = kept.iter().map(|&i| messages[i].clone()).collect();
                 match &manifest.template {
                     Some(t) => Ok(template::render_turns(t, &subset)),
@@ -440,7 +511,93 @@ pub(super) async fn start(
         keep_alive,
         first,
         rx,
+        calls,
     })
+}
+
+/// A created model's `tool_choice` parameter.
+fn manifest_choice(file: &ModelFile) -> Option<&Value> {
+    file.manifest
+        .as_ref()
+        .and_then(|m| m.parameters.get("tool_choice"))
+}
+
+/// How a chat request's tools are handled on its model.
+struct Tooling {
+    /// Render with the model's Jinja template (the request has tools, or messages with tool
+    /// calls or results, and the template knows tools).
+    jinja: Option<Arc<Jinja>>,
+    /// Show the request's tools to the model (not with `tool_choice: "none"`).
+    show_tools: bool,
+    /// Read the answer for calls.
+    calls: Option<Calls>,
+    /// The grammar of a forced call.
+    forced: Option<String>,
+}
+
+impl Tooling {
+    fn decide(
+        loaded: &Loaded,
+        manifest: &super::registry::Manifest,
+        tools: &[Value],
+        choice: &Choice,
+        messages: &[Message],
+    ) -> Result<Tooling, ServeError> {
+        let none = Tooling {
+            jinja: None,
+            show_tools: false,
+            calls: None,
+            forced: None,
+        };
+        let has_tools = !tools.is_empty();
+        if !has_tools && !messages.iter().any(Message::needs_tools) {
+            return Ok(none);
+        }
+        // A created model's own (Go) template, or a file whose template knows no tools:
+        // tools are ignored, as Ollama's clients expect of a model without the capability.
+        let jinja = match (&manifest.template, &loaded.jinja) {
+            (None, Some(j)) if j.supports_tools() => j.clone(),
+            _ => {
+                if has_tools {
+                    tracing::warn!(
+                        model = %loaded.file.name,
+                        tools = tools.len(),
+                        "tools ignored: the model's chat template has no tool support; answering as a plain chat"
+                    );
+                }
+                return Ok(none);
+            }
+        };
+        let names: Vec<String> = super::tools::parse_tools(tools)
+            .map_err(ServeError::BadRequest)?
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        let show_tools = has_tools && *choice != Choice::None;
+        let format = jinja.call_format();
+        let calls = match (&format, show_tools) {
+            (Some(f), true) => Some(Calls::new(f.clone(), names)),
+            _ => None,
+        };
+        let forced = match (choice, &format) {
+            (Choice::Forced(forced), Some(f)) if show_tools => Some(
+                forced_grammar(tools, forced, f).map_err(ServeError::BadRequest)?,
+            ),
+            (Choice::Forced(_), None) if show_tools => {
+                return Err(ServeError::BadRequest(format!(
+                    "model \"{}\" has tools in its template, but not in a tool-call format rawrxd can force",
+                    loaded.file.name
+                )))
+            }
+            _ => None,
+        };
+        Ok(Tooling {
+            jinja: Some(jinja),
+            show_tools,
+            calls,
+            forced,
+        })
+    }
 }
 
 /// Whether a model's KV cache can move positions (a context shift): not with multi-section
@@ -456,6 +613,7 @@ fn job(options: &Options, format: Option<&Value>, context: Vec<i32>) -> Result<J
         num_keep: options.num_keep(),
         keep_tail: true,
         context_shift: true,
+        special_text: false,
         prompt: String::new(),
         context,
         sampling: options.sampling(),
@@ -521,23 +679,70 @@ async fn respond(
     if streamed {
         let first = std::mem::replace(&mut s.first, Event::Text(String::new()));
         let rx = std::mem::replace(&mut s.rx, tokio::sync::mpsc::unbounded_channel().1);
-        let format: Format = Box::new(move |event| match event {
-            Event::Text(text) => {
-                let mut c = chunk(kind, &model, &text);
-                c.insert("done".into(), json!(false));
-                line(&Value::Object(c))
+        let mut calls = s.calls.take();
+        let format: Format = Box::new(move |event| {
+            let mut out = Vec::new();
+            let mut emit = |outs: Vec<Out>| {
+                for piece in outs {
+                    let c = match piece {
+                        Out::Text(text) => chunk(kind, &model, &text),
+                        Out::Call(issued) => {
+                            let mut c = chunk(kind, &model, "");
+                            c["message"]["tool_calls"] = json!([ollama_call(&issued)]);
+                            c
+                        }
+                    };
+                    let mut c = c;
+                    c.insert("done".into(), json!(false));
+                    out.extend_from_slice(&line(&Value::Object(c)));
+                }
+            };
+            match event {
+                Event::Text(text) => emit(split(&mut calls, &text)),
+                Event::Done(done) => {
+                    emit(finish_calls(&mut calls));
+                    s.loaded.touch(s.keep_alive);
+                    let mut c = chunk(kind, &model, "");
+                    counters(&mut c, &done, &s, kind == Kind::Generate);
+                    out.extend_from_slice(&line(&Value::Object(c)));
+                }
+                Event::Error(e) | Event::Rejected(e) => {
+                    out.extend_from_slice(&line(&json!({ "error": e })));
+                }
             }
-            Event::Done(done) => {
-                s.loaded.touch(s.keep_alive);
-                let mut c = chunk(kind, &model, "");
-                counters(&mut c, &done, &s, kind == Kind::Generate);
-                line(&Value::Object(c))
-            }
-            Event::Error(e) | Event::Rejected(e) => line(&json!({ "error": e })),
+            Bytes::from(out)
         });
         return Ok(stream(NDJSON, EventBody::new(first, rx, format)));
     }
+    let (text, issued, done) = collect(&mut s).await?;
+    s.loaded.touch(s.keep_alive);
+    let mut c = chunk(kind, &model, &text);
+    if !issued.is_empty() {
+        c["message"]["tool_calls"] = issued.iter().map(ollama_call).collect();
+    }
+    counters(&mut c, &done, &s, kind == Kind::Generate);
+    Ok(json(&Value::Object(c)))
+}
+
+/// Generated text through the answer's call reader, if it has one.
+pub(super) fn split(calls: &mut Option<Calls>, text: &str) -> Vec<Out> {
+    match calls {
+        Some(calls) => calls.push(text),
+        None if text.is_empty() => Vec::new(),
+        None => vec![Out::Text(text.to_string())],
+    }
+}
+
+/// What the call reader still holds at the end of the answer.
+pub(super) fn finish_calls(calls: &mut Option<Calls>) -> Vec<Out> {
+    calls.as_mut().map(Calls::finish).unwrap_or_default()
+}
+
+/// A whole answer (`stream: false`): its text, the calls it made, its counters.
+pub(super) async fn collect(s: &mut Started) -> Result<(String, Vec<Issued>, Done), ServeError> {
     let mut text = String::new();
+    let mut issued = Vec::new();
+    let mut calls = s.calls.take();
     let mut event = Some(std::mem::replace(&mut s.first, Event::Text(String::new())));
     loop {
         let current = match event.take() {
@@ -548,16 +753,25 @@ async fn respond(
                     .unwrap_or_else(|| Event::Error("the generation ended unexpectedly".into()))
             }
         };
-        match current {
-            Event::Text(t) => text.push_str(&t),
+        let outs = match current {
+            Event::Text(t) => split(&mut calls, &t),
             Event::Done(done) => {
-                s.loaded.touch(s.keep_alive);
-                let mut c = chunk(kind, &model, &text);
-                counters(&mut c, &done, &s, kind == Kind::Generate);
-                return Ok(json(&Value::Object(c)));
+                for out in finish_calls(&mut calls) {
+                    match out {
+                        Out::Text(t) => text.push_str(&t),
+                        Out::Call(c) => issued.push(c),
+                    }
+                }
+                return Ok((text, issued, done));
             }
             Event::Error(e) => return Err(ServeError::Internal(e)),
             Event::Rejected(e) => return Err(ServeError::BadRequest(e)),
+        };
+        for out in outs {
+            match out {
+                Out::Text(t) => text.push_str(&t),
+                Out::Call(c) => issued.push(c),
+            }
         }
     }
 }
@@ -612,6 +826,8 @@ pub async fn generate(
         format: body.format,
         context,
         keep_tail: true,
+        tools: Vec::new(),
+        choice: Choice::Auto,
     };
     let system = body.system.filter(|s| !s.is_empty());
     let spec = if body.raw.unwrap_or(false) {
@@ -626,15 +842,9 @@ pub async fn generate(
     } else {
         let mut messages = Vec::new();
         if let Some(system) = system {
-            messages.push(Message {
-                role: "system".into(),
-                content: system,
-            });
+            messages.push(Message::new("system", system));
         }
-        messages.push(Message {
-            role: "user".into(),
-            content: prompt,
-        });
+        messages.push(Message::new("user", prompt));
         PromptSpec::Chat(messages)
     };
     let started = start(state, &file, keep_alive, spec, ask).await?;
@@ -653,33 +863,30 @@ pub async fn chat(
         .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty()));
     let file = check_model(state, &name, images)?;
     check_think(&name, body.think.as_ref())?;
-    if let Some(tools) = body.tools.as_ref().filter(|t| !t.is_empty()) {
-        // Agents send their tool list on every turn, even to models without tool support;
-        // failing the turn would break them, so the tools are ignored (see README).
-        tracing::warn!(
-            model = %name,
-            tools = tools.len(),
-            "tools ignored: rawrxd serve does not do tool calling; answering as a plain chat"
-        );
-    }
     let keep_alive =
         options::keep_alive(body.keep_alive.as_ref()).map_err(ServeError::BadRequest)?;
     if messages.is_empty() {
         return load_only(state, Kind::Chat, &name, keep_alive).await;
     }
+    let options = body.options.unwrap_or_default();
+    let choice = body
+        .tool_choice
+        .as_ref()
+        .or(options.tool_choice.as_ref())
+        .or(manifest_choice(&file));
+    let choice = Choice::parse(choice).map_err(ServeError::BadRequest)?;
     let ask = Ask {
-        options: body.options.unwrap_or_default(),
+        options,
         format: body.format,
         context: Vec::new(),
         keep_tail: false,
+        tools: body.tools.unwrap_or_default(),
+        choice,
     };
     let messages = messages
         .into_iter()
-        .map(|m| Message {
-            role: m.role,
-            content: m.content.unwrap_or_default(),
-        })
-        .collect();
+        .map(ChatMessage::into_message)
+        .collect::<Result<Vec<_>, _>>()?;
     let started = start(state, &file, keep_alive, PromptSpec::Chat(messages), ask).await?;
     respond(Kind::Chat, name, body.stream.unwrap_or(true), started).await
 }

@@ -30,6 +30,8 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -84,6 +86,9 @@ pub struct Job {
     /// When a generation reaches the end of the context, drop half of what follows the first
     /// `num_keep` tokens and go on (false for models whose cache cannot shift positions).
     pub context_shift: bool,
+    /// Control tokens are written out as text (`[TOOL_CALLS]`, `<|python_tag|>`: the markers
+    /// of some tool-call formats are control tokens, which are otherwise left out).
+    pub special_text: bool,
 }
 
 /// Room kept for the answer when a prompt is fitted into a context of `limit` tokens: the
@@ -896,7 +901,26 @@ enum Sampler {
     /// read straight off the logits. Same choice as llama.cpp's greedy sampler (the first of
     /// equal maxima) without copying all of the vocabulary's logits into a candidate array.
     Argmax,
-    Chain(LlamaSampler),
+    Chain(Box<Chain>),
+}
+
+/// llama.cpp samplers run the way llama.cpp's own server runs them (`common_sampler`).
+struct Chain {
+    /// Penalties, top-k, top-p, min-p, temperature, then the draw (or greedy).
+    chain: LlamaSampler,
+    /// A grammar is checked against the chain's choice first; only when it rejects that token
+    /// is it applied to every candidate and the chain run again (grammar-based rejection
+    /// sampling, as `common_sampler_sample` does: walking the grammar over the whole vocabulary
+    /// for every token is what makes constrained decoding slow).
+    grammar: Option<LlamaSampler>,
+    /// Hand the chain only this many of the most likely candidates instead of the whole
+    /// vocabulary (262,144 for Gemma 3) when that cannot change its choice: a top-k of `k`
+    /// after penalties that only lower logits keeps tokens from the `k + last_n` most likely
+    /// (at most `last_n` tokens are penalised, so a token below `k + last_n` others always has
+    /// `k` unpenalised ones above it).
+    prefilter: Option<usize>,
+    /// The candidate buffer, kept between tokens.
+    buf: Vec<LlamaTokenData>,
 }
 
 impl Sampler {
@@ -904,8 +928,88 @@ impl Sampler {
     fn sample(&mut self, ctx: &LlamaContext<'_>, at: i32) -> LlamaToken {
         match self {
             Sampler::Argmax => LlamaToken::new(argmax(ctx.get_logits_ith(at))),
-            Sampler::Chain(chain) => chain.sample(ctx, at),
+            Sampler::Chain(chain) => chain.sample(ctx.get_logits_ith(at)),
         }
+    }
+}
+
+impl Chain {
+    fn sample(&mut self, logits: &[f32]) -> LlamaToken {
+        let mut token = self.run(logits, self.prefilter, false);
+        if let Some(grammar) = self.grammar.as_mut() {
+            let allowed = token.is_some_and(|t| {
+                let mut one =
+                    LlamaTokenDataArray::new(vec![LlamaTokenData::new(t, 1.0, 0.0)], false);
+                grammar.apply(&mut one);
+                one.data
+                    .first()
+                    .is_some_and(|d| d.logit() != f32::NEG_INFINITY)
+            });
+            if !allowed {
+                token = self.run(logits, None, true);
+            }
+        }
+        let token = token.unwrap_or_else(|| LlamaToken::new(argmax(logits)));
+        if let Some(grammar) = self.grammar.as_mut() {
+            grammar.accept(token);
+        }
+        self.chain.accept(token);
+        token
+    }
+
+    /// The chain's choice over the candidates (the `keep` most likely, or all; the grammar
+    /// first when `grammar`), without accepting it.
+    fn run(&mut self, logits: &[f32], keep: Option<usize>, grammar: bool) -> Option<LlamaToken> {
+        let mut buf = std::mem::take(&mut self.buf);
+        match keep {
+            Some(n) => most_likely(logits, n, &mut buf),
+            None => {
+                buf.clear();
+                buf.extend(
+                    logits
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &l)| LlamaTokenData::new(LlamaToken::new(i as i32), l, 0.0)),
+                );
+            }
+        }
+        let mut cur = LlamaTokenDataArray::new(buf, false);
+        if grammar {
+            if let Some(g) = self.grammar.as_mut() {
+                g.apply(&mut cur);
+            }
+        }
+        self.chain.apply(&mut cur);
+        let token = cur.selected_token();
+        self.buf = cur.data;
+        token
+    }
+}
+
+/// The `n` largest logits as candidates (in no particular order), in one pass: values above
+/// a running threshold are collected and, whenever `2n` have gathered, cut back to the `n`
+/// largest. NaNs are never taken.
+fn most_likely(logits: &[f32], n: usize, out: &mut Vec<LlamaTokenData>) {
+    out.clear();
+    let n = n.max(1);
+    let mut threshold = f32::NEG_INFINITY;
+    let by_logit = |a: &LlamaTokenData, b: &LlamaTokenData| b.logit().total_cmp(&a.logit());
+    for (i, &logit) in logits.iter().enumerate() {
+        if logit > threshold || (out.len() < n && !logit.is_nan()) {
+            out.push(LlamaTokenData::new(LlamaToken::new(i as i32), logit, 0.0));
+            if out.len() >= 2 * n {
+                out.select_nth_unstable_by(n - 1, by_logit);
+                out.truncate(n);
+                threshold = out
+                    .iter()
+                    .map(LlamaTokenData::logit)
+                    .fold(f32::INFINITY, f32::min);
+            }
+        }
+    }
+    if out.len() > n {
+        out.select_nth_unstable_by(n - 1, by_logit);
+        out.truncate(n);
     }
 }
 
@@ -927,11 +1031,12 @@ fn build_sampler(
     n_ctx: usize,
 ) -> Result<Sampler, String> {
     let mut chain = Vec::new();
-    if let Some(g) = grammar {
-        chain.push(
+    let grammar = match grammar {
+        Some(g) => Some(
             LlamaSampler::grammar(model, g, "root").map_err(|e| format!("invalid grammar: {e}"))?,
-        );
-    }
+        ),
+        None => None,
+    };
     // With no penalty set the penalties sampler changes nothing; leaving it out saves its
     // per-token bookkeeping.
     let penalised =
@@ -951,8 +1056,29 @@ fn build_sampler(
             s.presence_penalty,
         ));
     }
+    // Penalties that can raise a logit (negative frequency/presence penalties, a repeat
+    // penalty below 1) could lift a token from anywhere in the vocabulary: no prefilter then.
+    let lowering =
+        s.repeat_penalty >= 1.0 && s.frequency_penalty >= 0.0 && s.presence_penalty >= 0.0;
+    let penalised_n = if penalised {
+        usize::try_from(last_n).unwrap_or(usize::MAX)
+    } else {
+        0
+    };
+    let kept = if s.temperature <= 0.0 {
+        Some(1)
+    } else if s.top_k > 0 {
+        usize::try_from(s.top_k).ok()
+    } else {
+        None
+    };
+    let n_vocab = usize::try_from(model.n_vocab()).unwrap_or(0);
+    let prefilter = kept
+        .filter(|_| lowering)
+        .map(|k| k.saturating_add(penalised_n))
+        .filter(|&n| n.saturating_mul(4) < n_vocab);
     if s.temperature <= 0.0 {
-        if chain.is_empty() {
+        if chain.is_empty() && grammar.is_none() {
             return Ok(Sampler::Argmax);
         }
         chain.push(LlamaSampler::greedy());
@@ -970,7 +1096,12 @@ fn build_sampler(
         // u32::MAX is llama.cpp's LLAMA_DEFAULT_SEED: a random seed.
         chain.push(LlamaSampler::dist(s.seed.unwrap_or(u32::MAX)));
     }
-    Ok(Sampler::Chain(LlamaSampler::chain_simple(chain)))
+    Ok(Sampler::Chain(Box::new(Chain {
+        chain: LlamaSampler::chain_simple(chain),
+        grammar,
+        prefilter,
+        buf: Vec::new(),
+    })))
 }
 
 /// Samples one token for `slot` from batch index `at`, streams its text, and ends the request
@@ -991,7 +1122,10 @@ fn step(model: &LlamaModel, ctx: &LlamaContext<'_>, slot: &mut Slot, at: i32) {
     } else {
         active.generated += 1;
         active.all_tokens.push(token.0);
-        active.utf8.extend(vocab.token_to_piece(token, false, None));
+        let special = active.queued.job.special_text;
+        active
+            .utf8
+            .extend(vocab.token_to_piece(token, special, None));
         let text = take_utf8(&mut active.utf8);
         let released = active.stops.push(&text);
         if !released.text.is_empty() {
@@ -1068,7 +1202,90 @@ fn take_utf8(buf: &mut Vec<u8>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::argmax;
+    use super::*;
+
+    /// Logits shaped like a model's: a few likely tokens, a long tail (deterministic).
+    fn logits(n: usize, step: u64) -> Vec<f32> {
+        let mut x = step.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x >> 11) as f32 / (1u64 << 53) as f32;
+                // Mostly low, some high, like logits (real logits almost never tie; with ties
+                // the order among equals, and so the draw, depends on the array's order).
+                u * u * u * 12.0 - 4.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn most_likely_keeps_the_n_largest() {
+        for (n, len) in [(1, 10), (40, 5000), (104, 50_000), (7, 7), (10, 3)] {
+            let l = logits(len, n as u64);
+            let mut got = Vec::new();
+            most_likely(&l, n, &mut got);
+            let mut want = l.clone();
+            want.sort_by(|a, b| b.total_cmp(a));
+            want.truncate(n);
+            let mut have: Vec<f32> = got.iter().map(LlamaTokenData::logit).collect();
+            have.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(have, want, "n {n} len {len}");
+            assert!(got.iter().all(|d| l[d.id().0 as usize] == d.logit()));
+        }
+        let mut got = Vec::new();
+        most_likely(&[f32::NAN, 1.0, f32::NAN, 3.0], 2, &mut got);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|d| !d.logit().is_nan()));
+    }
+
+    /// Ollama's default chain over the whole vocabulary and over the prefiltered candidates
+    /// choose the same tokens, seed for seed, penalties included.
+    #[test]
+    fn a_prefiltered_chain_chooses_what_the_whole_vocabulary_would() {
+        let n_vocab = 50_000;
+        for (temperature, penalty, top_k) in [(0.8, 1.1, 40), (0.0, 1.1, 40), (1.0, 1.3, 5)] {
+            let make = |prefilter: Option<usize>| {
+                let mut samplers = vec![LlamaSampler::penalties(n_vocab, 64, penalty, 0.0, 0.0)];
+                if temperature > 0.0 {
+                    samplers.push(LlamaSampler::top_k(top_k));
+                    samplers.push(LlamaSampler::top_p(0.9, 1));
+                    samplers.push(LlamaSampler::temp(temperature));
+                    samplers.push(LlamaSampler::dist(7));
+                } else {
+                    samplers.push(LlamaSampler::greedy());
+                }
+                Chain {
+                    chain: LlamaSampler::chain_simple(samplers),
+                    grammar: None,
+                    prefilter,
+                    buf: Vec::new(),
+                }
+            };
+            let keep = if temperature > 0.0 { top_k as usize } else { 1 } + 64;
+            let (mut whole, mut cut) = (make(None), make(Some(keep)));
+            let mut tokens = Vec::new();
+            for step in 0..300 {
+                let mut l = logits(n_vocab as usize, step);
+                // Tokens chosen earlier get pushed up, so the penalties matter.
+                for t in tokens.iter().rev().take(30) {
+                    l[*t as usize] += 3.0;
+                }
+                let a = whole.sample(&l);
+                let b = cut.sample(&l);
+                assert_eq!(a, b, "step {step}, temperature {temperature}");
+                tokens.push(a.0);
+            }
+            let distinct: std::collections::HashSet<_> = tokens.iter().collect();
+            let least = if temperature > 0.0 { 10 } else { 2 };
+            assert!(
+                distinct.len() >= least,
+                "{} distinct tokens",
+                distinct.len()
+            );
+        }
+    }
 
     #[test]
     fn argmax_is_the_first_largest_and_skips_nans() {

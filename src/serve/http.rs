@@ -175,20 +175,26 @@ impl Body for EventBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let event = match this.first.take() {
-            Some(event) => event,
-            None => match ready!(this.rx.poll_recv(cx)) {
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let event = match this.first.take() {
                 Some(event) => event,
-                None => Event::Error("the generation ended unexpectedly".into()),
-            },
-        };
-        if matches!(event, Event::Done(_) | Event::Error(_) | Event::Rejected(_)) {
-            this.done = true;
+                None => match ready!(this.rx.poll_recv(cx)) {
+                    Some(event) => event,
+                    None => Event::Error("the generation ended unexpectedly".into()),
+                },
+            };
+            if matches!(event, Event::Done(_) | Event::Error(_) | Event::Rejected(_)) {
+                this.done = true;
+            }
+            let bytes = (this.format)(event);
+            // Text held back (a tool call still being read) formats to nothing: no frame.
+            if !bytes.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
         }
-        Poll::Ready(Some(Ok(Frame::data((this.format)(event)))))
     }
 
     fn is_end_stream(&self) -> bool {

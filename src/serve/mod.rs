@@ -16,6 +16,7 @@
 //! `app`. Used by `app`.
 
 pub mod api;
+pub mod calls;
 pub mod egress;
 pub mod engine;
 pub mod fit;

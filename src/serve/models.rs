@@ -38,6 +38,7 @@ use http_body_util::BodyExt;
 use super::engine::{Engine, EngineConfig, EngineError};
 use super::http::ServeBody;
 use super::registry::{self, Manifest};
+use super::tools::Jinja;
 use crate::gguf::{read_meta, GgufMeta};
 
 /// How often the background thread rescans the models directory.
@@ -126,11 +127,30 @@ pub struct Catalog {
 }
 
 /// A loaded model.
+/// The model's Jinja chat template (`tokenizer.chat_template`), compiled with its BOS and
+/// EOS texts; `None` when it has none or it does not compile (logged).
+pub fn compile_template(meta: &GgufMeta, engine: &Engine) -> Option<Arc<Jinja>> {
+    let source = meta.str("tokenizer.chat_template")?;
+    let vocab = engine.model.vocab();
+    let text =
+        |token| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned();
+    match Jinja::new(source, &text(vocab.bos()), &text(vocab.eos())) {
+        Ok(jinja) => Some(Arc::new(jinja)),
+        Err(e) => {
+            tracing::warn!("the model's chat template does not compile as Jinja ({e}); tool calling is off for it");
+            None
+        }
+    }
+}
+
 pub struct Loaded {
     /// The model as named by the request that loaded it.
     pub file: ModelFile,
     pub meta: Arc<GgufMeta>,
     pub engine: Engine,
+    /// The GGUF's Jinja chat template, compiled (`None`: the file has none, or it does not
+    /// compile); used for requests with tools.
+    pub jinja: Option<Arc<Jinja>>,
     pub load_duration: Duration,
     use_state: Mutex<UseState>,
 }
@@ -473,9 +493,11 @@ impl Models {
             "model loaded in {}",
             humantime::format_duration(Duration::from_millis(load_duration.as_millis() as u64))
         );
+        let jinja = compile_template(&meta, &engine);
         let loaded = Arc::new(Loaded {
             file: file.clone(),
             meta,
+            jinja,
             engine,
             load_duration,
             use_state: Mutex::new(UseState {

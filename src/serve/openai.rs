@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::{check_model, start, Ask, PromptSpec, Started};
+use super::api::{check_model, collect, finish_calls, split, start, Ask, PromptSpec, Started};
+use super::calls::{normalize_calls, openai_call, Choice, Out};
 use super::engine::{Done, Event};
 use super::http::{json, read_json, stream, EventBody, Format, ServeBody, ServeError};
 use super::options::{Options, StopList};
@@ -71,6 +72,12 @@ struct OaiMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -103,6 +110,8 @@ struct ChatRequest {
     messages: Vec<OaiMessage>,
     #[serde(default)]
     tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,21 +202,16 @@ pub async fn chat(
                 text
             }
         };
+        let tool_calls = normalize_calls(m.tool_calls).map_err(ServeError::BadRequest)?;
         messages.push(Message {
             role: m.role,
             content,
+            tool_calls,
+            tool_call_id: m.tool_call_id,
+            name: m.name,
         });
     }
     let file = check_model(state, &name, images)?;
-    if let Some(tools) = body.tools.as_ref().filter(|t| !t.is_empty()) {
-        // Agents send their tool list on every turn, even to models without tool support;
-        // failing the turn would break them, so the tools are ignored (see README).
-        tracing::warn!(
-            model = %name,
-            tools = tools.len(),
-            "tools ignored: rawrxd serve does not do tool calling; answering as a plain chat"
-        );
-    }
     if messages.is_empty() {
         return Err(ServeError::BadRequest("messages is required".into()));
     }
@@ -216,6 +220,8 @@ pub async fn chat(
         format: body.common.format()?,
         context: Vec::new(),
         keep_tail: false,
+        tools: body.tools.unwrap_or_default(),
+        choice: Choice::parse(body.tool_choice.as_ref()).map_err(ServeError::BadRequest)?,
     };
     let started = start(
         state,
@@ -255,6 +261,8 @@ pub async fn completions(
         format: body.common.format()?,
         context: Vec::new(),
         keep_tail: true,
+        tools: Vec::new(),
+        choice: Choice::Auto,
     };
     let started = start(
         state,
@@ -285,6 +293,15 @@ fn choice(kind: Kind, text: &str, finish: Option<&str>, streamed: bool) -> Value
             "logprobs": null,
             "finish_reason": finish,
         }),
+    }
+}
+
+/// OpenAI's finish reason: `tool_calls` when the answer made calls.
+fn finish_reason(done: &Done, calls_made: bool) -> &'static str {
+    if calls_made {
+        "tool_calls"
+    } else {
+        done.reason.as_str()
     }
 }
 
@@ -322,59 +339,67 @@ async fn respond(
         let first = std::mem::replace(&mut s.first, Event::Text(String::new()));
         let rx = std::mem::replace(&mut s.rx, tokio::sync::mpsc::unbounded_channel().1);
         let keep = (s.loaded.clone(), s.keep_alive);
-        let format: Format = Box::new(move |ev| match ev {
-            Event::Text(text) => event(&envelope(json!([choice(kind, &text, None, true)]))),
-            Event::Done(done) => {
-                keep.0.touch(keep.1);
-                let mut out = event(&envelope(json!([choice(
-                    kind,
-                    "",
-                    Some(done.reason.as_str()),
-                    true
-                )])))
-                .to_vec();
-                if include_usage {
-                    let mut last = envelope(json!([]));
-                    last["usage"] = usage(&done);
-                    out.extend_from_slice(&event(&last));
+        let mut calls = s.calls.take();
+        let mut made = false;
+        let format: Format = Box::new(move |ev| {
+            let mut out = Vec::new();
+            let mut emit = |outs: Vec<Out>, made: &mut bool| {
+                for piece in outs {
+                    let choices = match piece {
+                        Out::Text(text) => json!([choice(kind, &text, None, true)]),
+                        Out::Call(issued) => {
+                            *made = true;
+                            json!([{
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": null,
+                                          "tool_calls": [openai_call(&issued, true)]},
+                                "finish_reason": null,
+                            }])
+                        }
+                    };
+                    out.extend_from_slice(&event(&envelope(choices)));
                 }
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                Bytes::from(out)
+            };
+            match ev {
+                Event::Text(text) => emit(split(&mut calls, &text), &mut made),
+                Event::Done(done) => {
+                    emit(finish_calls(&mut calls), &mut made);
+                    keep.0.touch(keep.1);
+                    let reason = finish_reason(&done, made);
+                    out.extend_from_slice(&event(&envelope(json!([choice(
+                        kind,
+                        "",
+                        Some(reason),
+                        true
+                    )]))));
+                    if include_usage {
+                        let mut last = envelope(json!([]));
+                        last["usage"] = usage(&done);
+                        out.extend_from_slice(&event(&last));
+                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                }
+                Event::Error(e) | Event::Rejected(e) => out.extend_from_slice(&event(&json!({
+                    "error": {"message": e, "type": "server_error", "code": null}
+                }))),
             }
-            Event::Error(e) | Event::Rejected(e) => event(&json!({
-                "error": {"message": e, "type": "server_error", "code": null}
-            })),
+            Bytes::from(out)
         });
         return Ok(stream(SSE, EventBody::new(first, rx, format)));
     }
-    let mut text = String::new();
-    let mut next = Some(std::mem::replace(&mut s.first, Event::Text(String::new())));
-    loop {
-        let current = match next.take() {
-            Some(e) => e,
-            None => {
-                s.rx.recv()
-                    .await
-                    .unwrap_or_else(|| Event::Error("the generation ended unexpectedly".into()))
-            }
-        };
-        match current {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done(done) => {
-                s.loaded.touch(s.keep_alive);
-                let mut out = envelope(json!([choice(
-                    kind,
-                    &text,
-                    Some(done.reason.as_str()),
-                    false
-                )]));
-                out["usage"] = usage(&done);
-                return Ok(json(&out));
-            }
-            Event::Error(e) => return Err(ServeError::Internal(e)),
-            Event::Rejected(e) => return Err(ServeError::BadRequest(e)),
+    let (text, issued, done) = collect(&mut s).await?;
+    s.loaded.touch(s.keep_alive);
+    let reason = finish_reason(&done, !issued.is_empty());
+    let mut answer = choice(kind, &text, Some(reason), false);
+    if !issued.is_empty() {
+        answer["message"]["tool_calls"] = issued.iter().map(|c| openai_call(c, false)).collect();
+        if text.is_empty() {
+            answer["message"]["content"] = Value::Null;
         }
     }
+    let mut out = envelope(json!([answer]));
+    out["usage"] = usage(&done);
+    Ok(json(&out))
 }
 
 #[derive(Debug, Deserialize)]

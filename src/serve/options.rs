@@ -29,6 +29,10 @@ pub struct Options {
     pub stop: Option<StopList>,
     pub num_ctx: Option<i64>,
     pub num_keep: Option<i64>,
+    /// rawrxd's extension of Ollama's API: OpenAI's `tool_choice` (`"required"` or a
+    /// function forces a call), in `options` or as a model parameter, for clients that cannot
+    /// send `/api/chat`'s top-level `tool_choice`.
+    pub tool_choice: Option<Value>,
 }
 
 /// `stop` is a list of strings; a single string is accepted too.
@@ -114,6 +118,7 @@ impl Options {
             stop: self.stop.or(d.stop),
             num_ctx: self.num_ctx.or(d.num_ctx),
             num_keep: self.num_keep.or(d.num_keep),
+            tool_choice: self.tool_choice.or(d.tool_choice),
         }
     }
 

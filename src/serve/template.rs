@@ -8,11 +8,51 @@
 
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 
-/// One chat message, as the engine needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One chat message, as the templates need it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant message's tool calls, each `{"id"?, "type": "function", "function":
+    /// {"name", "arguments"}}` with the arguments as an object (as Jinja templates expect).
+    pub tool_calls: Vec<serde_json::Value>,
+    /// A tool result's call id (OpenAI `tool_call_id`).
+    pub tool_call_id: Option<String>,
+    /// A tool result's tool name (Ollama `tool_name`, OpenAI `name`).
+    pub name: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+            ..Message::default()
+        }
+    }
+
+    /// Whether only a Jinja template can render this message (llama.cpp's applier and Ollama
+    /// Go templates carry no tool calls or results).
+    pub fn needs_tools(&self) -> bool {
+        !self.tool_calls.is_empty() || self.role == "tool"
+    }
+
+    /// The message as Hugging Face chat templates see it.
+    pub fn to_value(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        out.insert("role".into(), self.role.clone().into());
+        out.insert("content".into(), self.content.clone().into());
+        if !self.tool_calls.is_empty() {
+            out.insert("tool_calls".into(), self.tool_calls.clone().into());
+        }
+        if let Some(id) = &self.tool_call_id {
+            out.insert("tool_call_id".into(), id.clone().into());
+        }
+        if let Some(name) = &self.name {
+            out.insert("name".into(), name.clone().into());
+        }
+        serde_json::Value::Object(out)
+    }
 }
 
 /// llama.cpp's built-in template name for an architecture without a template of its own.
@@ -251,10 +291,7 @@ mod tests {
 
     #[test]
     fn chats_render_turn_by_turn() {
-        let m = |role: &str, content: &str| Message {
-            role: role.into(),
-            content: content.into(),
-        };
+        let m = |role: &str, content: &str| Message::new(role, content);
         let t = "{{ if .System }}[{{ .System }}]{{ end }}U:{{ .Prompt }} A:{{ .Response }};";
         let messages = [
             m("system", "S"),

@@ -696,12 +696,21 @@ pub fn spawn_up_in(
     dir: &std::path::Path,
     rules_toml: &str,
 ) -> (Spawned, std::net::SocketAddr, std::net::SocketAddr) {
+    let model = format!("gemma3:270m={}", model_path().display());
+    spawn_up_serving(dir, rules_toml, &model)
+}
+
+/// As [`spawn_up_in`], serving `model` (a `--model` argument: `NAME=PATH` or a path).
+pub fn spawn_up_serving(
+    dir: &std::path::Path,
+    rules_toml: &str,
+    model: &str,
+) -> (Spawned, std::net::SocketAddr, std::net::SocketAddr) {
     let dir = dir.to_path_buf();
     let (models, rules) = (dir.join("models"), dir.join("rules"));
     std::fs::create_dir_all(&models).unwrap();
     std::fs::create_dir_all(&rules).unwrap();
     save(&rules.join("request.toml"), rules_toml);
-    let model = format!("gemma3:270m={}", model_path().display());
     let up = spawn_binary(
         &[
             "up",
@@ -712,7 +721,7 @@ pub fn spawn_up_in(
             "--models",
             models.to_str().unwrap(),
             "--model",
-            &model,
+            model,
         ],
         &dir,
     );
@@ -844,4 +853,15 @@ pub fn post_json(
     let value = serde_json::from_slice(&seen.body())
         .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", seen.text()));
     (seen.status.as_u16(), value)
+}
+
+/// A blocking POST of a JSON body: the response body as text (a stream read to its end).
+pub fn post_text(addr: SocketAddr, path: &str, body: &serde_json::Value) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = runtime.block_on(call(addr, "POST", path, body.to_string().as_bytes()));
+    assert_eq!(seen.status.as_u16(), 200, "{path}: {}", seen.text());
+    seen.text()
 }

@@ -121,6 +121,8 @@ pub(super) const PARAMETERS: &[&str] = &[
     "num_predict",
     "stop",
     "num_ctx",
+    "num_keep",
+    "tool_choice",
 ];
 
 pub(super) fn check_parameters(parameters: &Map<String, Value>) -> Result<(), ServeError> {
@@ -134,6 +136,9 @@ pub(super) fn check_parameters(parameters: &Map<String, Value>) -> Result<(), Se
         )));
     }
     Options::from_parameters(parameters).map_err(ServeError::BadRequest)?;
+    if let Some(choice) = parameters.get("tool_choice") {
+        crate::serve::calls::Choice::parse(Some(choice)).map_err(ServeError::BadRequest)?;
+    }
     Ok(())
 }
 

@@ -18,32 +18,6 @@ pub enum Forced {
     Named(String),
 }
 
-impl Forced {
-    /// Reads OpenAI's `tool_choice`: `"required"` → `Any`, `{"type": "function", "function":
-    /// {"name": …}}` → `Named`; absent, `null`, `"auto"` and `"none"` force nothing (`Ok(None)`;
-    /// with `"none"` the caller should also leave the tools out of the prompt).
-    pub fn from_tool_choice(choice: Option<&Value>) -> Result<Option<Forced>, String> {
-        match choice {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => match s.as_str() {
-                "auto" | "none" => Ok(None),
-                "required" => Ok(Some(Forced::Any)),
-                other => Err(format!(
-                    "invalid tool_choice {other:?}: use \"auto\", \"none\", \"required\" or a function"
-                )),
-            },
-            Some(object @ Value::Object(_)) => object
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .filter(|name| !name.is_empty())
-                .map(|name| Some(Forced::Named(name.to_string())))
-                .ok_or_else(|| "invalid tool_choice: the function has no name".to_string()),
-            Some(other) => Err(format!("invalid tool_choice {other}")),
-        }
-    }
-}
-
 /// The grammar's rule for the call object (json_schema_to_grammar's `root`, renamed).
 const CALL_RULE: &str = "rawrxd-call";
 

@@ -129,30 +129,6 @@ pub fn parse_tools(tools: &[Value]) -> Result<Vec<ToolDef>, String> {
         .collect()
 }
 
-/// Turns every `tool_calls[].function.arguments` that is a string holding a JSON object (as
-/// OpenAI clients send them) into that object, the form chat templates expect (they print it
-/// with `tojson` or iterate it). Other values are left as they are.
-pub fn arguments_as_objects(messages: &mut [Value]) {
-    for message in messages {
-        let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) else {
-            continue;
-        };
-        for call in calls {
-            let Some(arguments) = call
-                .get_mut("function")
-                .and_then(|f| f.get_mut("arguments"))
-            else {
-                continue;
-            };
-            if let Some(Ok(object @ Value::Object(_))) =
-                arguments.as_str().map(serde_json::from_str::<Value>)
-            {
-                *arguments = object;
-            }
-        }
-    }
-}
-
 /// A fresh OpenAI-style tool-call id: `call_` and 24 letters and digits.
 pub fn openai_tool_call_id() -> String {
     format!("call_{}", random_alphanumeric(24))

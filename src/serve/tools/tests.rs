@@ -318,35 +318,6 @@ fn parse_tools_reads_names_and_reports_missing_ones() {
 }
 
 #[test]
-fn string_arguments_become_objects() {
-    let mut messages = vec![
-        json!({"role": "assistant", "tool_calls": [
-            {"type": "function", "function": {"name": "a", "arguments": "{\"x\": [1]}"}},
-            {"type": "function", "function": {"name": "b", "arguments": "[1]"}},
-            {"type": "function", "function": {"name": "c", "arguments": "not json"}},
-            {"type": "function", "function": {"name": "d", "arguments": {"y": 2}}}]}),
-        json!({"role": "user", "content": "{\"x\": 1}"}),
-    ];
-    arguments_as_objects(&mut messages);
-    let args: Vec<&Value> = messages[0]["tool_calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| &c["function"]["arguments"])
-        .collect();
-    assert_eq!(
-        args,
-        [
-            &json!({"x": [1]}),
-            &json!("[1]"),
-            &json!("not json"),
-            &json!({"y": 2})
-        ]
-    );
-    assert_eq!(messages[1]["content"], json!("{\"x\": 1}"));
-}
-
-#[test]
 fn a_compiled_template_can_be_shared_across_threads() {
     fn shared<T: Send + Sync>() {}
     shared::<Jinja>();
@@ -446,23 +417,6 @@ fn formats_are_read_from_templates() {
             .call_format(),
         None
     );
-}
-
-#[test]
-fn tool_choice_values() {
-    let choice = |v: Value| Forced::from_tool_choice(Some(&v));
-    assert_eq!(Forced::from_tool_choice(None), Ok(None));
-    assert_eq!(choice(json!(null)), Ok(None));
-    assert_eq!(choice(json!("auto")), Ok(None));
-    assert_eq!(choice(json!("none")), Ok(None));
-    assert_eq!(choice(json!("required")), Ok(Some(Forced::Any)));
-    assert_eq!(
-        choice(json!({"type": "function", "function": {"name": "search"}})),
-        Ok(Some(Forced::Named("search".into())))
-    );
-    assert!(choice(json!("always")).is_err());
-    assert!(choice(json!({"type": "function"})).is_err());
-    assert!(choice(json!(3)).is_err());
 }
 
 #[test]
