@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod gguf;
 pub mod run;
 pub mod shutdown;
 

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use serde_json::Value;
 
 fn header_with(tensors: u64, kv: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
