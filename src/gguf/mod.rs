@@ -156,3 +156,5 @@ pub fn parse_gguf(bytes: &[u8], limits: Limits) -> Result<Gguf, GgufError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tool_tests;
