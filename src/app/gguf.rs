@@ -198,3 +198,133 @@ fn run(command: GgufCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use clap::Parser;
+
+    /// A one-tensor GGUF (f32 [8], value 1.0..8.0) as ggml writes it.
+    fn tiny() -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(12u64.to_le_bytes());
+        b.extend(b"general.name");
+        b.extend(8u32.to_le_bytes());
+        b.extend(4u64.to_le_bytes());
+        b.extend(b"tiny");
+        b.extend(1u64.to_le_bytes());
+        b.extend(b"w");
+        b.extend(1u32.to_le_bytes());
+        b.extend(8i64.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32, 0);
+        for i in 1..=8 {
+            b.extend((i as f32).to_le_bytes());
+        }
+        b
+    }
+
+    /// Runs `rawrxd gguf ARGS…`: (exit code, stdout, stderr).
+    fn gguf(args: &[&str]) -> (u8, String, String) {
+        let cli =
+            super::super::cli::Cli::try_parse_from(["rawrxd", "gguf"].iter().chain(args.iter()))
+                .unwrap();
+        let super::super::cli::Command::Gguf(command) = cli.command else {
+            panic!("not a gguf command");
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = match run(command, &mut out, &mut err) {
+            Ok(code) => code,
+            Err(e) => {
+                err.extend(e.to_string().as_bytes());
+                e.exit_code()
+            }
+        };
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn exit_codes_are_0_ok_1_mismatch_2_invalid() {
+        let dir = std::env::temp_dir().join(format!("rawrxd-gguf-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.gguf");
+        std::fs::write(&file, tiny()).unwrap();
+        let f = file.to_str().unwrap();
+
+        let (code, out, _) = gguf(&["inspect", f]);
+        assert_eq!(code, 0);
+        assert!(out.contains("parameters:  8"), "{out}");
+        let (code, out, _) = gguf(&["inspect", "--json", f]);
+        assert_eq!(code, 0);
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["tensors"][0]["name"], "w");
+
+        let (code, out, _) = gguf(&["hash", f]);
+        assert_eq!(code, 0);
+        let sha = out.split_whitespace().next().unwrap().to_string();
+        assert_eq!(gguf(&["verify", f, "--sha256", &sha]).0, 0);
+        let (code, _, err) = gguf(&["verify", f, "--sha256", &"0".repeat(64)]);
+        assert_eq!(code, 1, "{err}");
+
+        let manifest = dir.join("m.txt");
+        let m = manifest.to_str().unwrap();
+        assert_eq!(gguf(&["hash", f, "--per-tensor", "--out", m]).0, 0);
+        assert_eq!(gguf(&["verify", f, "--manifest", m]).0, 0);
+
+        let copy = dir.join("c.gguf");
+        let c = copy.to_str().unwrap();
+        assert_eq!(gguf(&["set", f, "general.name=tinz", "--out", c]).0, 0);
+        assert_eq!(gguf(&["diff", f, f]).0, 0);
+        let (code, out, _) = gguf(&["diff", f, c]);
+        assert_eq!(code, 1);
+        assert!(out.contains("general.name"), "{out}");
+
+        let plan = dir.join("plan.toml");
+        std::fs::write(
+            &plan,
+            "[[op]]\nop = \"scale\"\ntensor = \"w\"\nfactor = 3\n",
+        )
+        .unwrap();
+        let patched = dir.join("p.gguf");
+        let p = patched.to_str().unwrap();
+        let (code, out, err) = gguf(&["patch", f, "--plan", plan.to_str().unwrap(), "--out", p]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("32 bytes of tensor data rewritten"), "{out}");
+        // The patched file fails the original's manifest (exit 1), revert makes it pass.
+        let (code, _, err) = gguf(&["verify", p, "--manifest", m]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("tensor w"), "{err}");
+        assert_eq!(gguf(&["revert", p]).0, 0);
+        assert_eq!(std::fs::read(&patched).unwrap(), tiny());
+
+        // Unreadable or invalid: 2, with the reason.
+        let bad = dir.join("bad.gguf");
+        let mut bytes = tiny();
+        bytes.truncate(bytes.len() - 1);
+        std::fs::write(&bad, &bytes).unwrap();
+        for args in [
+            vec!["inspect", bad.to_str().unwrap()],
+            vec!["verify", bad.to_str().unwrap()],
+            vec!["hash", "--per-tensor", bad.to_str().unwrap()],
+            vec!["inspect", "/nonexistent/x.gguf"],
+        ] {
+            let (code, _, err) = gguf(&args);
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(
+                err.contains("runs past the end") || err.contains("cannot read"),
+                "{args:?}: {err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -481,7 +481,7 @@ fn bad_operations_are_refused_before_anything_is_written() {
         ),
     ];
     for (op, want) in cases {
-        let err = patch_file(&path, &[op.clone()], None, &out, None)
+        let err = patch_file(&path, std::slice::from_ref(&op), None, &out, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains(want), "{op:?}: {err}");
