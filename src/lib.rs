@@ -3,7 +3,7 @@
 //!
 //! The binary (`src/main.rs`) only parses the command line, sets up tracing and calls one
 //! function here per subcommand ([`run_proxy`], [`run_serve`], [`run_up`], [`run_rules`],
-//! [`run_audit`]). One folder per part; imports run one way, from the entry points down to
+//! [`run_audit`], [`run_gguf`]). One folder per part; imports run one way, from the entry points down to
 //! plain data (the layer list is in `ARCHITECTURE.md`):
 //!
 //! * [`app`] — the entry points: command line, offline commands, wiring of a full proxy;
@@ -17,7 +17,8 @@
 //! * [`paths`] — the path fixer behind `path` rules: workspace indexes, lookups, tool calls;
 //! * [`store`] — SQLite: migrations, rule rows, switches, the corrections table;
 //! * [`rules`] — the rule model, TOML parsing with locations, validation, detectors, globs;
-//! * [`gguf`] — the GGUF header reader and gate;
+//! * [`gguf`] — GGUF files: the strict reader (the gate before llama.cpp), the writer, and the
+//!   `rawrxd gguf` tooling (inspect, hash, verify, set, diff, reversible weight patches);
 //! * [`config`] — `rawrxd.toml`, `RAWRXD_*` and flags → validated settings;
 //! * [`edge`] — shared by both ports: the guard (`Host`, `Origin`, tokens) and client protocols;
 //! * [`telemetry`] — tracing set-up and the Prometheus metrics registry.
@@ -38,5 +39,6 @@ pub mod serve;
 pub mod store;
 pub mod telemetry;
 
+pub use app::gguf::run_gguf;
 pub use app::run::{run_audit, run_proxy, run_rules, run_serve, run_up};
 pub use proxy::{run, ProxyState};

@@ -21,6 +21,13 @@ fn main() -> ExitCode {
                 &mut std::io::stderr().lock(),
             )
         }
+        Command::Gguf(command) => {
+            return rawrxd::run_gguf(
+                command,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )
+        }
         Command::Audit(command) => {
             return rawrxd::run_audit(
                 command,

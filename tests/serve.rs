@@ -2701,3 +2701,147 @@ fn issue_13_a_dropped_in_model_file_is_listed_within_the_refresh_interval() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 19, live weight patches: `bypass_layer` changes the output (same seed, greedy) and
+/// revert restores it exactly; under load, 8 running generations finish on the old weights
+/// while the patched model is swapped in, the next request gets the new weights, nothing fails.
+#[test]
+fn live_weight_patch_hot_swaps_under_load_and_reverts() {
+    let dir = fresh_dir("live-patch");
+    let mut args = models_args(&dir, None);
+    args.admin_token = Some("s3cret".into());
+    args.engine.parallel = Some(8);
+    args.engine.ctx_size = Some(2048);
+    args.engine.queue = Some(16);
+    args.engine.max_loaded = Some(3);
+    let addr = launch(args.validate().unwrap());
+    const AUTH: &str = "Content-Type: application/json\r\nAuthorization: Bearer s3cret\r\n";
+    let post = |path: &str, body: &Value| {
+        call(addr, "POST", path, Some(body.to_string().as_bytes()), AUTH)
+    };
+    let request = json!({"model": MODEL, "prompt": "The capital of France is", "stream": false,
+                         "options": {"num_predict": 24, "seed": 1, "temperature": 0}});
+    let answer = |post: &dyn Fn(&str, &Value) -> Reply| {
+        let reply = post("/api/generate", &request);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["response"].as_str().unwrap().to_string()
+    };
+    let patches = |post: &dyn Fn(&str, &Value) -> Reply| {
+        let show = post("/api/show", &json!({"model": MODEL}));
+        assert_eq!(show.status, 200, "{}", show.text());
+        show.json()["rawrxd_patches"].as_array().map_or(0, Vec::len)
+    };
+    // The first run fills the slot's prompt cache; compare runs that take the cached path.
+    answer(&post);
+    let original = answer(&post);
+    assert!(!original.is_empty());
+
+    // The admin token is required.
+    let bypass = json!({"ops": [{"op": "bypass_layer", "layer": 5}]});
+    let path = format!("/rawrxd/models/{MODEL}/patch");
+    let denied = call(
+        addr,
+        "POST",
+        &path,
+        Some(bypass.to_string().as_bytes()),
+        "Content-Type: application/json\r\n",
+    );
+    assert_eq!(denied.status, 401, "{}", denied.text());
+    let bad = post(&path, &json!({"ops": [{"op": "zero", "tensor": "nope"}]}));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("no tensor named"), "{}", bad.text());
+
+    let patched = post(&path, &bypass);
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(
+        patched.json()["patch_set"]["tensors"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(patches(&post), 1);
+    answer(&post);
+    let bypassed = answer(&post);
+    assert_ne!(
+        bypassed, original,
+        "bypass_layer 5 did not change the output"
+    );
+    let revert = format!("/rawrxd/models/{MODEL}/revert");
+    let reverted = post(&revert, &json!({}));
+    assert_eq!(reverted.status, 200, "{}", reverted.text());
+    assert_eq!(patches(&post), 0);
+    assert_eq!(answer(&post), original, "revert did not restore the output");
+    assert_eq!(post(&revert, &json!({})).status, 409);
+
+    // Under load: 8 streaming generations, then a patch that makes every logit 0 (the final
+    // norm's weights zeroed), swapped in while they run.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = std::sync::Arc::new(std::sync::Barrier::new(9));
+    let runs: Vec<_> = (0..8)
+        .map(|i| {
+            let (done, started) = (done.clone(), started.clone());
+            std::thread::spawn(move || {
+                let body = json!({"model": MODEL, "prompt": format!("Story number {i}:"),
+                                  "options": {"num_predict": 64, "seed": i, "temperature": 0}});
+                let mut stream = send_raw(
+                    addr,
+                    "POST",
+                    "/api/generate",
+                    Some(body.to_string().as_bytes()),
+                    AUTH,
+                );
+                let mut reader = BufReader::new(&mut stream);
+                let mut raw = Vec::new();
+                // Headers, then the first chunk: the generation is running.
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 0 {
+                    raw.extend(line.as_bytes());
+                    if line.contains("\"done\"") {
+                        break;
+                    }
+                    line.clear();
+                }
+                started.wait();
+                reader.read_to_end(&mut raw).unwrap();
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let text = String::from_utf8_lossy(&raw).to_string();
+                let status_ok = text.starts_with("HTTP/1.1 200");
+                let response: String = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .map(|v| v["response"].as_str().unwrap_or("").to_string())
+                    .collect();
+                (status_ok, text.contains("\"done\":true"), response)
+            })
+        })
+        .collect();
+    started.wait();
+    let zeroed = post(
+        &path,
+        &json!({"ops": [{"op": "zero", "tensor": "output_norm.weight"}]}),
+    );
+    assert_eq!(zeroed.status, 200, "{}", zeroed.text());
+    let in_flight = 8 - done.load(std::sync::atomic::Ordering::SeqCst);
+    let next = answer(&post);
+    assert_ne!(
+        next, original,
+        "the request after the swap did not get the new weights"
+    );
+    for run in runs {
+        let (ok, finished, response) = run.join().unwrap();
+        assert!(ok && finished, "a generation failed: {response}");
+        assert!(!response.is_empty());
+        assert_ne!(
+            response, next,
+            "a running generation switched to the new weights"
+        );
+    }
+    assert!(
+        in_flight > 0,
+        "no generation was still running when the patch was swapped in"
+    );
+    assert_eq!(post(&revert, &json!({})).status, 200);
+    assert_eq!(answer(&post), original);
+    let _ = std::fs::remove_dir_all(&dir);
+}

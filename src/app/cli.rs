@@ -38,6 +38,94 @@ pub enum Command {
     /// Read the audit trail: logs/corrections.log and the corrections table.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Inspect, hash, verify, edit and patch GGUF model files (exit codes: 0 ok, 1 mismatch or
+    /// difference, 2 unreadable or invalid).
+    #[command(subcommand)]
+    Gguf(GgufCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GgufCommand {
+    /// Header, metadata (long arrays summarized), tensor table (name, type, shape, offset,
+    /// bytes), totals by type, parameter count and the memory a context needs (weights + f16
+    /// KV cache). Reads only the header.
+    Inspect {
+        file: PathBuf,
+        /// JSON instead of text
+        #[arg(long)]
+        json: bool,
+        /// Context length for the memory estimate [default: the model's context_length]
+        #[arg(long, value_name = "N")]
+        ctx: Option<u64>,
+    },
+    /// Check a file: its header and layout (always), its sha256 (--sha256), or its tensors
+    /// against a `rawrxd gguf hash --per-tensor` / `llama-gguf-hash --sha256` manifest. Exit 1
+    /// on a mismatch, 2 when unreadable or invalid.
+    Verify {
+        file: PathBuf,
+        /// Expected sha256 of the whole file (hex)
+        #[arg(long, value_name = "HEX", conflicts_with = "manifest")]
+        sha256: Option<String>,
+        /// Manifest of per-tensor sha256 lines (`sha256  <hex>  <file>:<tensor>`)
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
+    /// sha256 of the whole file (`<hex>  <file>`, as sha256sum), or with --per-tensor a manifest
+    /// in llama-gguf-hash's format (one line per tensor, then all tensor data together).
+    Hash {
+        file: PathBuf,
+        /// One line per tensor, as `llama-gguf-hash --sha256`
+        #[arg(long)]
+        per_tensor: bool,
+        /// Write the result to this file instead of standard output
+        #[arg(long, value_name = "MANIFEST")]
+        out: Option<PathBuf>,
+    },
+    /// Set metadata: KEY=VALUE keeps the key's type; KEY:TYPE=VALUE gives it (u8 i8 u16 i16 u32
+    /// i32 u64 i64 f32 f64 bool str; a new key without a type is inferred: true/false bool,
+    /// integer u32 (i32 if negative, u64/i64 if larger), number f32, else str).
+    Set {
+        file: PathBuf,
+        /// KEY=VALUE or KEY:TYPE=VALUE
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+        /// Write the edited model here (atomically: temporary file, then rename)
+        #[arg(long, value_name = "NEW", required_unless_present = "in_place")]
+        out: Option<PathBuf>,
+        /// Rewrite FILE's header in place; refused when the data would move (size changes)
+        #[arg(long, conflicts_with = "out")]
+        in_place: bool,
+    },
+    /// Metadata and tensor differences between two files (tensor data compared by sha256);
+    /// exit 1 when they differ.
+    Diff { a: PathBuf, b: PathBuf },
+    /// Apply a weight patch plan (TOML `[[op]]`: scale, zero, bypass_layer, copy, swap, write)
+    /// or re-apply a patch set (.json) to a copy of FILE written atomically to --out; writes the
+    /// patch set (hashes before/after) and a gzip backup of the touched tensors.
+    Patch {
+        file: PathBuf,
+        /// Plan (TOML) or patch set (JSON) to re-apply
+        #[arg(long, value_name = "PLAN")]
+        plan: PathBuf,
+        /// The patched model
+        #[arg(long, value_name = "NEW")]
+        out: PathBuf,
+        /// Where the patch set goes [default: NEW.patch.json; backup: NEW.patch.backup.gz]
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
+    },
+    /// Restore the original bytes of the tensors a patch touched, from its gzip backup, checking
+    /// the recorded hashes before and after.
+    Revert {
+        /// The patched model
+        file: PathBuf,
+        /// The patch set `patch` wrote [default: FILE.patch.json]
+        #[arg(long, value_name = "FILE")]
+        patch_set: Option<PathBuf>,
+        /// Write the restored model here [default: replace FILE, atomically]
+        #[arg(long, value_name = "NEW")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,5 @@
 //! The entry points, the top layer: the command line ([`cli`]), one function per subcommand
-//! ([`run`]: proxy, serve, up, rules, audit), the offline `rules`/`audit` commands
+//! ([`run`]: proxy, serve, up, rules, audit; [`gguf`]: `rawrxd gguf`), the offline `rules`/`audit` commands
 //! ([`commands`]), the shutdown signal, and [`App`], the wiring of a full proxy: the store, the
 //! audit writer, the shared state and the rule manager, started in that order and stopped in
 //! reverse. `main` and the integration tests both go through [`App::start`], so tests run what
@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod gguf;
 pub mod run;
 pub mod shutdown;
 

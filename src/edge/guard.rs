@@ -445,13 +445,14 @@ pub const JSON_ONLY: &str = "this endpoint changes state and takes only Content-
      application/json (curl: -H 'Content-Type: application/json')";
 
 /// The Ollama API's model management paths (download, create, copy, delete, push, blob
-/// upload): on both ports they need the admin token when one is set, like rawrxd's own
+/// upload) and serve's live weight patches (`/rawrxd/models/{name}/patch|revert`): on both ports they need the admin token when one is set, like rawrxd's own
 /// state-changing endpoints.
 pub fn is_model_management(path: &str) -> bool {
     matches!(
         path.trim_end_matches('/'),
         "/api/pull" | "/api/create" | "/api/copy" | "/api/delete" | "/api/push"
     ) || path.starts_with("/api/blobs/")
+        || path.starts_with("/rawrxd/models/")
 }
 
 /// True when the request's `Content-Type` is JSON (`application/json`, any parameters).

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use serde_json::Value;
 
 fn header_with(tensors: u64, kv: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
@@ -349,4 +350,85 @@ fn the_test_model_parses() {
     assert!(meta.tensor_count > 100);
     let len = std::fs::metadata(&path).unwrap().len();
     assert!((meta.data_offset + meta.data_size).abs_diff(len) <= 32);
+}
+
+/// The shapes of the 2024–2026 GGUF CVEs (lengths and counts that overflow, offsets that wrap,
+/// too many dimensions) and the reader's own additions (UTF-8 keys and tensor names), each
+/// refused with a reason.
+#[test]
+fn cve_shapes_and_non_utf8_names_are_refused() {
+    // A tensor whose offset + size wraps u64.
+    let mut wrap = header_with(1, &[]);
+    wrap.extend(tensor("t", &[32], 0, u64::MAX - 8));
+    wrap.resize(wrap.len().div_ceil(32) * 32 + 128, 0);
+    assert!(parse_err(&wrap).contains("expected 0"));
+    // n_dims of u32::MAX.
+    let mut dims = header_with(1, &[]);
+    dims.extend(string("t"));
+    dims.extend(u32::MAX.to_le_bytes());
+    dims.extend([0u8; 64]);
+    assert!(parse_err(&dims).contains("dimensions, more than 4"));
+    // Dimensions whose product overflows i64 (ggml's int64 ne), and bytes that overflow u64.
+    let mut ne = header_with(1, &[]);
+    ne.extend(tensor("t", &[1 << 32, 1 << 32], 0, 0));
+    ne.extend([0u8; 64]);
+    assert!(parse_err(&ne).contains("too many elements"));
+    // A string array whose count times the minimum element size overflows.
+    let bytes = header(&[("k", 9, array(8, u64::MAX / 4, &[0u8; 16]))]);
+    assert!(parse_err(&bytes).contains("longer than the cap"));
+    // Key and tensor name bytes that are not UTF-8.
+    let mut key = header(&[]);
+    key[16..24].copy_from_slice(&1u64.to_le_bytes());
+    key.extend(2u64.to_le_bytes());
+    key.extend([0xff, 0xfe]);
+    key.extend(4u32.to_le_bytes());
+    key.extend(0u32.to_le_bytes());
+    assert!(parse_err(&key).contains("not UTF-8"));
+    let mut name = header_with(1, &[]);
+    name.extend(1u64.to_le_bytes());
+    name.push(0xff);
+    name.extend(1u32.to_le_bytes());
+    name.extend(32i64.to_le_bytes());
+    name.extend(0u32.to_le_bytes());
+    name.extend(0u64.to_le_bytes());
+    name.resize(name.len().div_ceil(32) * 32 + 128, 0);
+    assert!(parse_err(&name).contains("not UTF-8"));
+}
+
+/// Every byte of a valid file flipped, one at a time: an error or a file, never a panic; and
+/// what the typed reader accepts writes back to a file that reads the same.
+#[test]
+fn every_single_byte_flip_is_an_error_or_a_file() {
+    let mut bytes = header_with(
+        2,
+        &[
+            ("general.architecture", 8, string("gemma3")),
+            (
+                "x.list",
+                9,
+                array(8, 2, &[string("a"), string("bc")].concat()),
+            ),
+            ("x.n", 4, 7u32.to_le_bytes().to_vec()),
+        ],
+    );
+    bytes.extend(tensor("a", &[32], 0, 0));
+    bytes.extend(tensor("b", &[32, 2], 8, 128));
+    bytes.resize(bytes.len().div_ceil(32) * 32 + 128 + 68, 0);
+    bytes.resize(bytes.len().div_ceil(32) * 32, 0);
+    let g = parse_gguf(&bytes, Limits::DEFAULT).unwrap();
+    assert_eq!(g.tensors.len(), 2);
+    for i in 0..bytes.len() {
+        let mut m = bytes.clone();
+        m[i] ^= 0xff;
+        if let Ok(g) = parse_gguf(&m, Limits::DEFAULT) {
+            let mut out = Vec::new();
+            write::write_file(&g, &g, &mut std::io::Cursor::new(&m[..]), &mut out).unwrap();
+            let again = parse_gguf(&out, Limits::DEFAULT).unwrap();
+            assert_eq!(
+                write::header_bytes(&g),
+                write::header_bytes(&again),
+                "flip {i}"
+            );
+        }
+    }
 }

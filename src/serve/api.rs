@@ -242,6 +242,11 @@ pub async fn show(
     if let Some(system) = &manifest.system {
         out["system"] = json!(system);
     }
+    // Weight patches applied live (`/rawrxd/models/{name}/patch`), oldest first.
+    let patches = state.models.patch_sets(&name);
+    if !patches.is_empty() {
+        out["rawrxd_patches"] = json!(patches);
+    }
     Ok(json(&out))
 }
 

@@ -355,6 +355,10 @@ async fn route(
             manage::upload_blob(&state, &digest, request).await
         }
         p if p.starts_with("/api/blobs/") => Err(ServeError::MethodNotAllowed),
+        p if p.starts_with("/rawrxd/models/") && post => {
+            manage::live(&state, &p["/rawrxd/models/".len()..], request).await
+        }
+        p if p.starts_with("/rawrxd/models/") => Err(ServeError::MethodNotAllowed),
         "/api/embed" if post => api::embed(&state, request, false).await,
         "/api/embeddings" if post => api::embed(&state, request, true).await,
         "/v1/models" if get => openai::models(&state).await,

@@ -233,6 +233,20 @@ struct Inner {
     load_lock: tokio::sync::Mutex<()>,
     loading: AtomicUsize,
     wake: Arc<Wake>,
+    /// Weight patches applied live, by `name:tag`, oldest first: the last one's file is what
+    /// the name serves ([`Models::find`]).
+    patches: Mutex<HashMap<String, Vec<LivePatch>>>,
+}
+
+/// A weight patch applied to a served model (`POST /rawrxd/models/{name}/patch`): the patched
+/// copy of the model's file and the patch set that made it.
+#[derive(Debug, Clone)]
+pub struct LivePatch {
+    /// The patched copy, as the model it now serves.
+    pub file: ModelFile,
+    pub patch_set: crate::gguf::patch::PatchSet,
+    /// The patch set and gzip backup files next to it (removed with it on revert).
+    pub extra_files: Vec<PathBuf>,
 }
 
 /// Wakes the refresher thread (a rescan now, or stop).
@@ -296,6 +310,7 @@ impl Models {
             load_lock: tokio::sync::Mutex::new(()),
             loading: AtomicUsize::new(0),
             wake: wake.clone(),
+            patches: Mutex::new(HashMap::new()),
         });
         inner.rescan();
         let weak = Arc::downgrade(&inner);
@@ -395,12 +410,64 @@ impl Models {
         self.catalog().models.clone()
     }
 
+    /// The model `name` serves: its file, or the file of the last weight patch applied to it.
     pub fn find(&self, name: &str) -> Result<ModelFile, ModelError> {
-        self.catalog()
+        let key = registry::key(name);
+        let file = self
+            .catalog()
             .models
-            .get(&registry::key(name))
+            .get(&key)
             .cloned()
-            .ok_or_else(|| ModelError::NotFound(name.to_string()))
+            .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
+        let patches = self.lock_patches();
+        Ok(match patches.get(&key).and_then(|p| p.last()) {
+            Some(patch) => patch.file.clone(),
+            None => file,
+        })
+    }
+
+    /// `base` (a model as found) served from `path` instead (a patched copy of its file).
+    pub fn file_at(&self, base: &ModelFile, path: &Path) -> std::io::Result<ModelFile> {
+        let meta = std::fs::metadata(path)?;
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            key: FileKey::new(path, &meta)?,
+            ..base.clone()
+        })
+    }
+
+    /// From now on, `name` serves `patch.file`; requests already running keep the engine they
+    /// hold.
+    pub fn push_patch(&self, name: &str, patch: LivePatch) {
+        self.lock_patches()
+            .entry(registry::key(name))
+            .or_default()
+            .push(patch);
+    }
+
+    /// Undoes the last patch of `name` (which then serves the file before it).
+    pub fn pop_patch(&self, name: &str) -> Option<LivePatch> {
+        let mut patches = self.lock_patches();
+        let key = registry::key(name);
+        let popped = patches.get_mut(&key).and_then(Vec::pop);
+        if patches.get(&key).is_some_and(Vec::is_empty) {
+            patches.remove(&key);
+        }
+        popped
+    }
+
+    /// The patch sets applied to `name`, oldest first (for `/api/show`).
+    pub fn patch_sets(&self, name: &str) -> Vec<crate::gguf::patch::PatchSet> {
+        self.lock_patches()
+            .get(&registry::key(name))
+            .map(|p| p.iter().map(|p| p.patch_set.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn lock_patches(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<LivePatch>>> {
+        self.inner.patches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The file's metadata: from the cache the background thread fills, else read now (off

@@ -2,7 +2,8 @@
 //! download, NDJSON progress, sha256 verified before the model is registered), `/api/create`
 //! (a GGUF path, blob or existing model plus template/system/parameters), `/api/copy`,
 //! `/api/delete`, blob upload (`/api/blobs/:digest`, which the official clients use for
-//! `create` with `files`), and `/api/push` (refused with a clear error).
+//! `create` with `files`), `/api/push` (refused with a clear error), and live weight patches
+//! (`/rawrxd/models/{name}/patch|revert`, [`live`]).
 //!
 //! What is stored, and where, is the [`registry`]'s business; this module turns requests into
 //! registry changes and reports progress the way Ollama does: NDJSON `{"status": …}` lines
@@ -18,11 +19,13 @@
 
 mod blobs;
 mod create;
+mod live;
 mod names;
 mod pull;
 
 pub use blobs::{blob_exists, upload_blob};
 pub use create::create;
+pub use live::live;
 pub use names::{copy, delete, push};
 pub use pull::pull;
 
