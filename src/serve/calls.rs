@@ -46,7 +46,11 @@ pub fn normalize_call(call: &Value) -> Result<Value, String> {
 
 /// A request message's `tool_calls` (absent: none), each normalized ([`normalize_call`]).
 pub fn normalize_calls(calls: Option<Vec<Value>>) -> Result<Vec<Value>, String> {
-    calls.unwrap_or_default().iter().map(normalize_call).collect()
+    calls
+        .unwrap_or_default()
+        .iter()
+        .map(normalize_call)
+        .collect()
 }
 
 /// OpenAI's `tool_choice`.

@@ -855,6 +855,19 @@ pub fn post_json(
     (seen.status.as_u16(), value)
 }
 
+/// A copy of the Gemma test model named `name.gguf` with `template` as its
+/// `tokenizer.chat_template` (a new string key: the Gemma file has none), written with the
+/// project's GGUF writer (`rawrxd gguf set`'s library call).
+pub fn model_with_template(name: &str, template: &str) -> std::path::PathBuf {
+    let dir = tempdir(&format!("model-{name}"));
+    let out = dir.join(format!("{name}.gguf"));
+    let set = format!("tokenizer.chat_template:str={template}");
+    rawrxd::gguf::edit::set(&model_path(), &[set], Some(&out), false).unwrap();
+    let meta = rawrxd::gguf::read_meta(&out).unwrap();
+    assert_eq!(meta.str("tokenizer.chat_template"), Some(template));
+    out
+}
+
 /// A blocking POST of a JSON body: the response body as text (a stream read to its end).
 pub fn post_text(addr: SocketAddr, path: &str, body: &serde_json::Value) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread()
