@@ -30,6 +30,10 @@ fn engine_stat(key: &str) -> u64 {
     let ps = runtime
         .block_on(support::call(server(), "GET", "/api/ps", b""))
         .json();
+    // Before the first request loads the model there is nothing to count yet.
+    if ps["models"].as_array().is_some_and(Vec::is_empty) {
+        return 0;
+    }
     ps["models"][0]["rawrxd"][key]
         .as_u64()
         .unwrap_or_else(|| panic!("no {key} in {ps}"))
@@ -238,15 +242,6 @@ fn a_generation_that_reaches_the_end_of_the_context_shifts_it_and_goes_on() {
         .filter(|s| s.trim().parse::<u64>().is_ok())
         .count();
     assert!(numbers > 40, "{text}");
-
-    // Streamed chat through the OpenAI endpoint shifts too.
-    let (status, body) = post_json(
-        server(),
-        "/v1/completions",
-        &json!({"model": MODEL, "prompt": "a b c d e f g", "max_tokens": 1040, "temperature": 0}),
-    );
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["usage"]["completion_tokens"], 1040, "{body}");
 }
 
 #[test]

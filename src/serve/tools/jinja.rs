@@ -204,9 +204,16 @@ fn describe(e: &Error) -> String {
     text
 }
 
+/// Instructions one render may run (minijinja's fuel).
+const RENDER_FUEL: u64 = 5_000_000;
+
 /// The environment transformers builds (`_compile_jinja_template`), with `source` added.
 fn environment(source: &str) -> Result<Environment<'static>, String> {
     let mut env = Environment::new();
+    // A template comes with the model file: one that loops without end (or nearly) runs out
+    // of fuel and fails the request instead of holding a server thread. A real template over
+    // a long conversation with tools uses well under a hundredth of this.
+    env.set_fuel(Some(RENDER_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

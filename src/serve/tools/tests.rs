@@ -609,3 +609,44 @@ fn a_call_past_the_limit_goes_out_as_text() {
         .collect();
     assert_eq!(streamed(&CallFormat::Hermes, &chunks), expected);
 }
+
+#[test]
+fn a_template_that_loops_without_end_fails_instead_of_hanging() {
+    let endless = "{% for a in range(10000) %}{% for b in range(10000) %}\
+                   {% for c in range(10000) %}x{% endfor %}{% endfor %}{% endfor %}";
+    let jinja = Jinja::new(endless, "", "").unwrap();
+    let started = std::time::Instant::now();
+    let result = jinja.render(&[json!({"role": "user", "content": "hi"})], None, true);
+    assert!(
+        result.is_err(),
+        "rendered {} bytes",
+        result.map(|r| r.len()).unwrap_or(0)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // The fuel is far more than a long agent session needs: 600 messages with calls and
+    // results, 40 tools, through Qwen 2.5's template.
+    let qwen = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/templates/Qwen-Qwen2.5-7B-Instruct.jinja"
+    ))
+    .unwrap();
+    let jinja = Jinja::new(&qwen, "", "").unwrap();
+    let tools: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"type": "function", "function": {"name": format!("tool_{i}"),
+            "description": "does a thing", "parameters": {"type": "object",
+            "properties": {"path": {"type": "string"}, "n": {"type": "integer"}}}}})
+        })
+        .collect();
+    let mut messages = vec![json!({"role": "system", "content": "You are an agent."})];
+    for i in 0..200 {
+        messages.push(json!({"role": "user", "content": format!("step {i}")}));
+        messages.push(
+            json!({"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+            "function": {"name": "tool_1", "arguments": {"path": "src/main.rs", "n": i}}}]}),
+        );
+        messages.push(json!({"role": "tool", "content": "fn main() {}"}));
+    }
+    let prompt = jinja.render(&messages, Some(&tools), true).unwrap();
+    assert!(prompt.contains("step 199"));
+}
