@@ -364,7 +364,16 @@ pub(crate) fn parse<R: Read>(r: &mut Reader<R>) -> Result<Gguf> {
                 return Err(format!("tensor {name:?} has a negative dimension {d}"));
             }
         }
-        let elements = ne.iter().try_fold(1i64, |acc, &d| acc.checked_mul(d));
+        // ggml_new_tensor's own check (stricter than gguf.cpp's by one: it asserts, so a file
+        // passing gguf.cpp's check but not this one would abort llama.cpp's loader).
+        let mut elements = Some(ne[0]);
+        for &d in &ne[1..] {
+            elements = match elements {
+                Some(n) if d > 1 && i64::MAX / d <= n => None,
+                Some(n) if d > 1 => Some(n * d),
+                other => other,
+            };
+        }
         if elements.is_none() {
             return Err(format!(
                 "tensor {name:?} of shape {ne:?} has too many elements"
