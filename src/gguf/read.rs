@@ -307,6 +307,10 @@ pub(crate) fn parse<R: Read>(r: &mut Reader<R>) -> Result<Gguf> {
         if key.is_empty() {
             return Err(format!("at byte {at}: an empty key"));
         }
+        // ggml compares keys as C strings: "general.alignment\0x" would be its alignment key.
+        if key.contains('\0') {
+            return Err(format!("at byte {at}: key {key:?} contains a NUL byte"));
+        }
         if !keys.insert(key.clone()) {
             return Err(format!("at byte {at}: duplicate key {key:?}"));
         }
@@ -348,6 +352,12 @@ pub(crate) fn parse<R: Read>(r: &mut Reader<R>) -> Result<Gguf> {
         let name = r.bytes(len, "a tensor name")?;
         let name = String::from_utf8(name)
             .map_err(|_| format!("at byte {at}: a tensor name that is not UTF-8"))?;
+        // ggml compares tensor names as C strings.
+        if name.contains('\0') {
+            return Err(format!(
+                "at byte {at}: tensor name {name:?} contains a NUL byte"
+            ));
+        }
         if !names.insert(name.clone()) {
             return Err(format!("at byte {at}: duplicate tensor name {name:?}"));
         }
@@ -364,7 +374,16 @@ pub(crate) fn parse<R: Read>(r: &mut Reader<R>) -> Result<Gguf> {
                 return Err(format!("tensor {name:?} has a negative dimension {d}"));
             }
         }
-        let elements = ne.iter().try_fold(1i64, |acc, &d| acc.checked_mul(d));
+        // ggml_new_tensor's own check (stricter than gguf.cpp's by one: it asserts, so a file
+        // passing gguf.cpp's check but not this one would abort llama.cpp's loader).
+        let mut elements = Some(ne[0]);
+        for &d in &ne[1..] {
+            elements = match elements {
+                Some(n) if d > 1 && i64::MAX / d <= n => None,
+                Some(n) if d > 1 => Some(n * d),
+                other => other,
+            };
+        }
         if elements.is_none() {
             return Err(format!(
                 "tensor {name:?} of shape {ne:?} has too many elements"

@@ -432,3 +432,40 @@ fn every_single_byte_flip_is_an_error_or_a_file() {
         }
     }
 }
+
+/// Found by the `gguf_reader` fuzz target (2026-12-04): dimensions whose product passes
+/// gguf.cpp's `INT64_MAX / ne[i] < n` check but not ggml_new_tensor's stricter
+/// `INT64_MAX / ne[i] > n` assertion, which aborted llama.cpp's loader. Refused here.
+#[test]
+fn element_counts_are_checked_like_ggml_new_tensor() {
+    // 32 × (i64::MAX / 32) fits in i64, but not ggml_new_tensor's strict check.
+    let mut bytes = header_with(1, &[]);
+    bytes.extend(tensor("t", &[32, i64::MAX / 32], 0, 0));
+    bytes.resize(bytes.len().div_ceil(32) * 32 + 32, 0);
+    let err = parse_err(&bytes);
+    assert!(err.contains("too many elements"), "{err}");
+    let crash = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/gguf_reader/ggml-new-tensor-nelements"),
+    )
+    .unwrap();
+    assert!(parse_bytes(&crash, Limits::DEFAULT).is_err());
+}
+
+/// Found by the `gguf_reader` fuzz target (2026-12-04): a key `general.alignment\0\0\0`, which
+/// ggml (comparing C strings) took for `general.alignment` of the wrong type and refused while
+/// this reader accepted it. Keys and tensor names with NUL bytes are refused.
+#[test]
+fn nul_bytes_in_keys_and_tensor_names_are_refused() {
+    let bytes = header(&[("general.alignment\0\0\0", 0, vec![1])]);
+    assert!(parse_err(&bytes).contains("NUL byte"));
+    let mut name = header_with(1, &[]);
+    name.extend(tensor("t\0x", &[32], 0, 0));
+    name.resize(name.len().div_ceil(32) * 32 + 128, 0);
+    assert!(parse_err(&name).contains("NUL byte"));
+    let crash = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf_reader/nul-in-alignment-key"),
+    )
+    .unwrap();
+    assert!(parse_bytes(&crash, Limits::DEFAULT).is_err());
+}
