@@ -130,26 +130,54 @@ pub fn tensor_hashes(
     g: &Gguf,
     progress: &Progress,
 ) -> Result<TensorHashes, GgufError> {
-    let mut file = File::open(path).map_err(GgufError::io(path))?;
-    let mut model = Sha256::new();
-    let mut buf = vec![0u8; BUF];
-    let mut tensors = Vec::with_capacity(g.tensors.len());
-    for t in &g.tensors {
-        let mut h = Sha256::new();
-        feed(
-            &mut file,
-            g.tensor_start(t),
-            t.size,
-            &mut [&mut h, &mut model],
-            &mut buf,
-            progress,
-        )
-        .map_err(GgufError::io(path))?;
-        tensors.push((t.name.clone(), hex(&h.finalize())));
-    }
+    // Two hashes of every byte (the tensor's and the model line's, as llama-gguf-hash makes
+    // them): the model line is computed on a second thread, reading the same (cached) data, so
+    // the two run side by side instead of one after the other.
+    let each = |progress: &Progress| -> std::io::Result<Vec<(String, String)>> {
+        let mut file = File::open(path)?;
+        let mut buf = vec![0u8; BUF];
+        let mut tensors = Vec::with_capacity(g.tensors.len());
+        for t in &g.tensors {
+            let mut h = Sha256::new();
+            feed(
+                &mut file,
+                g.tensor_start(t),
+                t.size,
+                &mut [&mut h],
+                &mut buf,
+                progress,
+            )?;
+            tensors.push((t.name.clone(), hex(&h.finalize())));
+        }
+        Ok(tensors)
+    };
+    let all = || -> std::io::Result<String> {
+        let mut file = File::open(path)?;
+        let mut buf = vec![0u8; BUF];
+        let mut model = Sha256::new();
+        for t in &g.tensors {
+            feed(
+                &mut file,
+                g.tensor_start(t),
+                t.size,
+                &mut [&mut model],
+                &mut buf,
+                &Progress::none(),
+            )?;
+        }
+        Ok(hex(&model.finalize()))
+    };
+    let (tensors, model) = std::thread::scope(|scope| {
+        let model = scope.spawn(all);
+        let tensors = each(progress);
+        let model = model
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")));
+        (tensors, model)
+    });
     Ok(TensorHashes {
-        tensors,
-        model: hex(&model.finalize()),
+        tensors: tensors.map_err(GgufError::io(path))?,
+        model: model.map_err(GgufError::io(path))?,
     })
 }
 
