@@ -750,6 +750,57 @@ pub fn spawn_up_serving(
 }
 
 /// The unpacked sources of this project's dependencies, found through Cargo.lock.
+/// `(name, version)` of every package this build uses on this machine's platform
+/// (`cargo metadata --filter-platform HOST`).
+fn packages_built_here() -> std::collections::HashSet<(String, String)> {
+    let rustc =
+        std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+            .arg("-vV")
+            .output()
+            .unwrap();
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("rustc -vV names the host");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &host,
+        ])
+        .arg("--manifest-path")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes: std::collections::HashSet<&str> = meta["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| nodes.contains(id)))
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_string(),
+                p["version"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 pub fn dependency_sources() -> Vec<std::path::PathBuf> {
     let home = std::env::var_os("CARGO_HOME")
         .map(std::path::PathBuf::from)
@@ -763,6 +814,7 @@ pub fn dependency_sources() -> Vec<std::path::PathBuf> {
     let registries: Vec<std::path::PathBuf> = std::fs::read_dir(home.join("registry/src"))
         .map(|dirs| dirs.flatten().map(|d| d.path()).collect())
         .unwrap_or_default();
+    let built = packages_built_here();
     let mut dirs = Vec::new();
     for package in lock["package"].as_array().unwrap() {
         let (Some(name), Some(version)) = (package["name"].as_str(), package["version"].as_str())
@@ -771,6 +823,11 @@ pub fn dependency_sources() -> Vec<std::path::PathBuf> {
         };
         if package.get("source").is_none() {
             continue; // this crate itself
+        }
+        // Crates for other platforms (objc2 for macOS, r-efi for UEFI…) are in Cargo.lock and
+        // may be unpacked in the registry, but they are not part of this build.
+        if !built.contains(&(name.to_string(), version.to_string())) {
+            continue;
         }
         for registry in &registries {
             let dir = registry.join(format!("{name}-{version}"));
